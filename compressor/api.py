@@ -1,0 +1,214 @@
+"""`compress(model, target=...)`: the whole pipeline from Python, exactly what the CLI runs."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
+from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
+from .errors import CompressError, VerificationError
+from .model_io import LoadOptions, load_model
+from .pipeline import PassManager, RunContext, build_pipeline
+from .progress import Progress
+from .report import library_versions, summary_table, write_reports
+from .targets import TargetProfile, load_target
+from .tomlfile import get, read_toml
+
+RUN_MARKER = "run.json"
+
+
+@dataclass
+class Result:
+    run_dir: Path
+    engine: Path | None
+    report: dict[str, Any]
+    passed: bool
+
+    def summary(self) -> str:
+        return summary_table(self.report)
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None
+    passes: list[str] | None = None
+    config: Path | None = None
+    resume: bool = False
+    force: bool = False
+    quiet: bool = False
+    load: LoadOptions = field(default_factory=LoadOptions)
+
+
+def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib: str | None = None,
+             out: str | Path | None = None, *, passes: list[str] | None = None, config: str | Path | None = None,
+             resume: bool = False, force: bool = False, quiet: bool = True,
+             input_shape: tuple[int, ...] | None = None, **load_options: Any) -> Result:
+    """Compress `model` (a path, or an nn.Module with `input_shape`) for `target`.
+
+    Raises CompressError for bad input and VerificationError when the engine fails verification;
+    in both cases the run directory holds report.json with what was measured.
+    """
+    load = LoadOptions(**load_options)
+    if input_shape is not None:
+        load.input_shapes = [tuple(input_shape)]
+    options = RunOptions(out=Path(out) if out else None, passes=passes, config=Path(config) if config else None,
+                         resume=resume, force=force, quiet=quiet, load=load)
+    return run(model, target, calib, options)
+
+
+def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None, options: RunOptions) -> Result:
+    progress = Progress(options.quiet)
+    target = load_target(target_name)
+    names, configs, where = _pipeline_request(target, options)
+    passes = build_pipeline(names, configs, where)
+    run_dir = _run_dir(model, target, options)
+    _check_run_dir(run_dir, options)
+
+    started = time.time()
+    reference = _load(model, options.load)
+    data = _calibration(calib, reference, model)
+    progress.log(f"loaded {reference.meta['format']} model: inputs "
+                 f"{', '.join(f'{t.name} {tuple(t.shape)} {t.dtype}' for t in reference.spec.inputs)}, task {reference.spec.task}")
+    progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
+
+    _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
+                                        "calibration": data.recipe, "passes": names, "version": __version__})
+    ctx = RunContext(target=target, data=data, reference=reference, run_dir=run_dir, progress=progress)
+    manager = PassManager(passes, ctx)
+    report = _base_report(reference, target, data, names, started)
+    final: Artifact | None = None
+    try:
+        final = manager.run(reference)
+    except CompressError as e:
+        report.update(status="failed" if isinstance(e, VerificationError) else "error", error=str(e))
+        e.report = report  # the CLI shows what was measured before the failure
+        raise
+    finally:
+        report["passes"] = [r.__dict__ for r in manager.records]
+        report["seconds"] = time.time() - started
+        engine = _publish(final, run_dir) if final is not None and report["status"] == "ok" else None
+        if engine is not None:
+            report["engine"] = {"path": str(engine), "sha256": sha256_file(engine), "bytes": engine.stat().st_size,
+                                "precision": final.meta.get("precision", "fp32")}
+            report["sizes"]["engine_bytes"] = engine.stat().st_size
+        write_reports(run_dir, report)
+    return Result(run_dir, engine, report, True)
+
+
+def _pipeline_request(target: TargetProfile, options: RunOptions) -> tuple[list[str], dict[str, dict], str]:
+    names = list(target.passes)
+    configs: dict[str, dict] = {}
+    where = f"target {target.name}"
+    if options.config is not None:
+        data = read_toml(options.config)
+        where = str(options.config)
+        if "passes" in data:
+            names = get(data, "passes", list, options.config)
+        configs = {k: v for k, v in data.items() if k != "passes"}
+        for key, value in configs.items():
+            if not isinstance(value, dict):
+                raise CompressError(f"{options.config}: key '{key}' must be a table of options for pass '{key}'")
+    if options.passes:
+        names = options.passes
+        where = "--passes"
+    if not names:
+        raise CompressError(f"{where}: the pipeline has no passes")
+    return names, configs, where
+
+
+def _load(model: str | Path | torch.nn.Module, load: LoadOptions) -> Artifact:
+    if isinstance(model, torch.nn.Module):
+        if not load.input_shapes:
+            raise CompressError("compress(module, ...): give input_shape=(1, 3, 224, 224)")
+        spec_inputs = tuple(TensorSpec("input" if len(load.input_shapes) == 1 else f"input{i}", ("batch", *s[1:]), load.input_dtype)
+                            for i, s in enumerate(load.input_shapes))
+        model.eval()
+        from .model_io import _infer_task
+
+        task = load.task or _infer_task(model, list(spec_inputs), None, Path(type(model).__name__))
+        state = {k: sha256_tensor(v) for k, v in model.state_dict().items()}
+        fingerprint = sha256_json({"class": type(model).__qualname__, "state": state, "spec": [s.__dict__ for s in spec_inputs]})
+        return Artifact(MODULE, InputSpec(spec_inputs, task), fingerprint, module=model,
+                        meta={"format": "nn.Module", "source_sha256": fingerprint})
+    return load_model(Path(model), load)
+
+
+def _calibration(calib: str | None, reference: Artifact, model: Any) -> CalibrationData:
+    if calib is None:
+        return synthetic_calibration(reference.spec)
+    recipe = load_recipe(calib)
+    model_path = Path(model) if isinstance(model, (str, Path)) else None
+    data = load_calibration(recipe, reference.spec, model_path)
+    check_fits(recipe.path, data.holdout, reference.spec)
+    return data
+
+
+def _run_dir(model: Any, target: TargetProfile, options: RunOptions) -> Path:
+    if options.out is not None:
+        return options.out
+    stem = Path(model).stem if isinstance(model, (str, Path)) else type(model).__name__.lower()
+    return Path("out") / f"{stem}-{target.name}"
+
+
+def _check_run_dir(run_dir: Path, options: RunOptions) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CompressError(f"{run_dir}: exists and is not a directory")
+    if not run_dir.exists() or options.resume or not any(run_dir.iterdir()):
+        return
+    if not options.force:
+        raise CompressError(f"{run_dir}: output directory exists; pass --resume to continue that run or --force to start over")
+    if not (run_dir / RUN_MARKER).is_file():
+        raise CompressError(f"{run_dir}: not a compress run directory (no {RUN_MARKER}); refusing to delete it even with --force")
+
+
+def _prepare_run_dir(run_dir: Path, options: RunOptions, request: dict[str, Any]) -> None:
+    if options.force and not options.resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("model.onnx", "report.json", "report.md"):
+        (run_dir / stale).unlink(missing_ok=True)  # results of an earlier run must not look like this one's
+    write_atomic(run_dir / RUN_MARKER, json.dumps(request, indent=2) + "\n")
+
+
+def _publish(final: Artifact, run_dir: Path) -> Path | None:
+    if final.path is None or final.kind == MODULE:
+        return None
+    target = run_dir / ("model.onnx" if final.path.suffix == ".onnx" else final.path.name)
+    write_atomic(target, final.path.read_bytes())
+    return target
+
+
+def _base_report(reference: Artifact, target: TargetProfile, data: CalibrationData, names: list[str], started: float) -> dict[str, Any]:
+    model_path = reference.path
+    model_bytes = _size(model_path) if model_path else sum(p.numel() * p.element_size() for p in reference.module.parameters())
+    return {
+        "status": "ok",
+        "tool_version": __version__,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "model": {"path": str(model_path or reference.meta["format"]), "format": reference.meta["format"],
+                  "sha256": reference.meta["source_sha256"], "task": reference.spec.task,
+                  "inputs": [t.__dict__ for t in reference.spec.inputs], "static_batch": reference.spec.static_batch,
+                  "parameters": sum(p.numel() for p in reference.module.parameters())},
+        "target": {"name": target.name, "backend": target.backend, "profile": str(target.path)},
+        "calibration": {"recipe": data.recipe, "calibration_samples": data.num_calib,
+                        "holdout_samples": data.num_holdout, "labels": data.holdout_labels is not None,
+                        "fingerprint": data.fingerprint},
+        "pipeline": names,
+        "sizes": {"model_bytes": model_bytes},
+        "versions": library_versions(),
+        "notes": ([f"the model was exported with a static batch of {reference.spec.static_batch}; "
+                   "the engine keeps that batch size"] if reference.spec.static_batch else [])
+        + (["no --calib given: verified on random inputs, so the task metric compares with the teacher only"]
+           if data.recipe == "synthetic" else []),
+    }
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size

@@ -1,0 +1,26 @@
+"""Engine builders, one module per backend, found by the target profile's `backend` key."""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import CompressError
+
+# backend name -> module implementing `lower(artifact, ctx, workdir) -> PassResult`
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "compressor.backends.onnxruntime",
+}
+
+# Backends of the design whose issues have not landed yet: their profiles exist already.
+PLANNED: dict[str, str] = {
+    "tensorrt": "the Jetson / TensorRT backend (issue #5)",
+    "qnn": "the Snapdragon QNN backend",
+    "cengine": "the RISC-V C engine backend (issue #6)",
+}
+
+
+def get_backend(name: str):
+    if name in BACKENDS:
+        return importlib.import_module(BACKENDS[name])
+    if name in PLANNED:
+        raise CompressError(f"backend '{name}' ({PLANNED[name]}) is not available yet")
+    raise CompressError(f"unknown backend '{name}'; known backends: {', '.join(sorted(BACKENDS) + sorted(PLANNED))}")

@@ -1,0 +1,151 @@
+"""The `compress` command line.
+
+    compress --target jetson model.pt       (same as `compress run ...`)
+    compress targets                        list the device profiles
+    compress inspect model.pt               what the loader sees in a model file
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 the engine failed verification,
+1 an internal error (a bug: the traceback is printed).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import CompressError
+
+
+class DefaultToRun(click.Group):
+    """`compress MODEL ...` means `compress run MODEL ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="compress")
+def main():
+    """Compress a trained PyTorch model into a verified engine for an edge device."""
+
+
+def _fail(error: CompressError, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    click.echo(f"error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+@main.command("run")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default="x86-cpu", show_default=True, help="Device profile name, alias or TOML path.")
+@click.option("--calib", "-c", default=None, help="Calibration recipe name or TOML path (default: random inputs).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Run directory [out/<model>-<target>].")
+@click.option("--passes", default=None, help="Comma-separated passes, overriding the target's pipeline.")
+@click.option("--config", type=click.Path(path_type=Path), default=None, help="Pipeline TOML: passes = [...] and a table per pass.")
+@click.option("--resume", is_flag=True, help="Continue an earlier run in the same directory, skipping finished passes.")
+@click.option("--force", is_flag=True, help="Delete an existing run directory and start over.")
+@click.option("--model-class", default=None, help="package.module:Class (or file.py:Class) for a state_dict file.")
+@click.option("--model-args", default="{}", help="JSON object of constructor arguments for --model-class.")
+@click.option("--allow-pickle", is_flag=True, help="Unpickle a pickled nn.Module (runs code from the file: trusted files only).")
+@click.option("--input-shape", default=None, help="Input shape(s) where the format has none, e.g. 1x1x28x28 or 1x128,1x128.")
+@click.option("--input-dtype", default="float32", show_default=True)
+@click.option("--task", type=click.Choice(["classification", "embedding", "regression"]), default=None, help="Default: inferred from the output.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
+                input_shape, input_dtype, task, quiet, as_json, debug):
+    """Compress MODEL for a target device and verify the engine."""
+    from .api import RunOptions, run
+    from .model_io import LoadOptions, parse_input_shapes
+
+    result = None
+    try:
+        try:
+            args = json.loads(model_args)
+        except json.JSONDecodeError as e:
+            raise CompressError(f"--model-args is not valid JSON: {e}") from None
+        if not isinstance(args, dict):
+            raise CompressError("--model-args must be a JSON object")
+        load = LoadOptions(model_class=model_class, model_args=args, allow_pickle=allow_pickle,
+                           input_shapes=parse_input_shapes(input_shape) if input_shape else None,
+                           input_dtype=input_dtype, task=task)
+        options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
+                             config=config, resume=resume, force=force, quiet=quiet, load=load)
+        result = run(model, target, calib, options)
+    except CompressError as e:
+        _print_failed_report(e, as_json, quiet)
+        _fail(e, debug)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, default=str))
+    if not quiet:
+        click.echo(f"\n{result.summary()}\n\nreport: {result.run_dir / 'report.md'}", err=True)
+
+
+def _print_failed_report(error: CompressError, as_json: bool, quiet: bool) -> None:
+    """A run that got as far as writing a report shows its numbers even when it failed."""
+    from .report import summary_table
+
+    report = getattr(error, "report", None)
+    if report is None:
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    if not quiet:
+        click.echo(f"\n{summary_table(report)}\n", err=True)
+
+
+@main.command("targets")
+def targets_command():
+    """List the device profiles (one line each)."""
+    from .targets import bundled_profiles
+
+    try:
+        profiles = bundled_profiles()
+    except CompressError as e:
+        _fail(e, False)
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        aliases = f" (alias {', '.join(p.aliases)})" if p.aliases else ""
+        click.echo(f"{p.name.ljust(width)}  {p.backend:<11}  {p.summary}{aliases}")
+
+
+@main.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--model-class", default=None)
+@click.option("--model-args", default="{}")
+@click.option("--allow-pickle", is_flag=True)
+@click.option("--input-shape", default=None)
+@click.option("--debug", is_flag=True)
+def inspect_command(model, model_class, model_args, allow_pickle, input_shape, debug):
+    """Show how MODEL loads: format, inputs, task, parameters."""
+    from .model_io import LoadOptions, load_model, parse_input_shapes
+
+    try:
+        load = LoadOptions(model_class=model_class, model_args=json.loads(model_args), allow_pickle=allow_pickle,
+                           input_shapes=parse_input_shapes(input_shape) if input_shape else None)
+        artifact = load_model(model, load)
+    except CompressError as e:
+        _fail(e, debug)
+    except json.JSONDecodeError as e:
+        _fail(CompressError(f"--model-args is not valid JSON: {e}"), debug)
+    params = sum(p.numel() for p in artifact.module.parameters())
+    click.echo(f"format:     {artifact.meta['format']}")
+    for t in artifact.spec.inputs:
+        click.echo(f"input:      {t.name} {'x'.join(map(str, t.shape))} {t.dtype}")
+    if artifact.spec.static_batch:
+        click.echo(f"batch:      static {artifact.spec.static_batch}")
+    click.echo(f"task:       {artifact.spec.task}")
+    click.echo(f"parameters: {params:,}")
+    click.echo(f"sha256:     {artifact.meta['source_sha256']}")
+
+
+if __name__ == "__main__":
+    main()

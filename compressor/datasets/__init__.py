@@ -1,0 +1,1 @@
+"""Small bundled datasets used by samples and tests."""

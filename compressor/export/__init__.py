@@ -1,0 +1,1 @@
+"""ONNX export, graph checks and the verification (parity + latency) pass."""

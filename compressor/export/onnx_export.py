@@ -1,0 +1,138 @@
+"""Export a torch module to ONNX (opset >= 17, dynamic batch) and check the graph."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from ..artifacts import MODULE, ONNX, Artifact, InputSpec, sha256_file
+from ..errors import CompressError
+from ..model_io import StaticBatchAdapter, example_inputs
+from ..pipeline import Pass, PassResult, RunContext, register
+
+MIN_OPSET = 17
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 18
+    filename: str = "model.onnx"
+
+    def __post_init__(self):
+        if self.opset < MIN_OPSET:
+            raise ValueError(f"opset must be at least {MIN_OPSET}, got {self.opset}")
+
+
+def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int = 18) -> str:
+    """Write `module` to `path` as ONNX; returns which exporter produced it."""
+    static = spec.static_batch
+    if isinstance(module, StaticBatchAdapter):
+        module = module.inner  # the graph only runs at its exported batch size
+    # Batch 2: a size-1 example makes torch.export specialise the batch dimension to 1.
+    args = example_inputs(spec, batch=static or 2, sequence=16)
+    names = [t.name for t in spec.inputs]
+    errors = []
+    exporters = [_legacy] if isinstance(module, torch.jit.ScriptModule) else [_dynamo, _legacy]
+    for exporter in exporters:
+        try:
+            with _quiet():
+                exporter(module, args, spec, path, opset)
+            break
+        except Exception as e:  # noqa: BLE001 - try the next exporter, report all if none works
+            errors.append(f"{exporter.__name__.strip('_')}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}")
+    else:
+        raise CompressError(f"ONNX export failed: {'; '.join(errors)}")
+    model = onnx.load(str(path))
+    _name_io(model, names, spec, static)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CompressError(f"the exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
+    onnx.save(model, str(path))
+    return exporters[len(errors)].__name__.strip("_")
+
+
+def _dynamic_shapes(spec: InputSpec):
+    dims: dict[str, torch.export.Dim] = {}
+    shapes = []
+    for t in spec.inputs:
+        axes = {}
+        for axis, d in enumerate(t.shape):
+            if isinstance(d, str) and not (axis == 0 and spec.static_batch):
+                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=1, max=65536))
+        shapes.append(axes or None)
+    return tuple(shapes)
+
+
+def _dynamo(module, args, spec: InputSpec, path: Path, opset: int) -> None:
+    torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
+                      dynamic_shapes=_dynamic_shapes(spec), external_data=False, verbose=False)
+
+
+def _legacy(module, args, spec: InputSpec, path: Path, opset: int) -> None:
+    names = [t.name for t in spec.inputs]
+    axes = {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str) and not (i == 0 and spec.static_batch)}
+            for t in spec.inputs}
+    axes["output"] = {} if spec.static_batch else {0: "batch"}
+    torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=names,
+                      output_names=["output"], dynamic_axes=axes, do_constant_folding=True)
+
+
+def _name_io(model: onnx.ModelProto, names: list[str], spec: InputSpec, static: int | None) -> None:
+    """Stable names: inputs as in the spec, dynamic dims 'batch'/'sequence', first output 'output'."""
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    real_inputs = [i for i in graph.input if i.name not in initializers]
+    renames: dict[str, str] = {}
+    symbol_names: dict[str, str] = {}
+    for value, tspec in zip(real_inputs, spec.inputs):
+        renames[value.name] = tspec.name
+        for dim, want in zip(value.type.tensor_type.shape.dim, tspec.shape):
+            if dim.dim_param and isinstance(want, str):
+                symbol_names[dim.dim_param] = want
+    if graph.output:
+        renames[graph.output[0].name] = "output"
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        value.name = renames.get(value.name, value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = symbol_names.get(dim.dim_param, dim.dim_param)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and warnings of their own; keep the user's terminal clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+@register
+class ExportPass(Pass):
+    name = "export"
+    takes = (MODULE,)
+    returns = ONNX
+    Config = ExportConfig
+
+    def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
+        path = workdir / self.config.filename
+        exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset)
+        precision = artifact.meta.get("precision", "fp32")
+        meta = {"precision": precision, "exporter": exporter, "opset": self.config.opset}
+        out = Artifact(ONNX, artifact.spec, sha256_file(path), path=path, meta=meta)
+        return PassResult(out, {"exporter": exporter, "onnx_bytes": path.stat().st_size, "precision": precision})

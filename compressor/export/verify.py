@@ -1,0 +1,141 @@
+"""Verification: does the engine compute what the model computes, and how fast?
+
+Parity compares the engine with the PyTorch module it was exported from (the fake-quant student
+for quantized engines) on the held-out samples; the task metric compares the engine with the
+user's original model (the teacher); latency compares PyTorch eager with the engine, batch 1,
+single thread and all threads, interleaved in one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..artifacts import ENGINE, ONNX, Artifact
+from ..backends import get_backend
+from ..errors import VerificationError
+from ..evaluators import get_evaluator
+from ..model_io import first_output
+from ..pipeline import Pass, PassResult, RunContext, register
+from ..profile.latency import measure
+
+# Quantized engines differ from their fake-quant module by rounding at a few boundaries.
+QUANTIZED_MIN_TOP1_AGREEMENT = 0.995
+QUANTIZED_MIN_COSINE = 0.999
+
+
+@dataclass
+class VerifyConfig:
+    batch: int = 64
+    latency_runs: int = 0  # 0: the target profile's budget
+    warmup: int = 10
+    metric: str = ""  # "" = the task's default evaluator
+
+    def __post_init__(self):
+        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0:
+            raise ValueError("batch must be >= 1, latency_runs and warmup >= 0")
+
+
+def torch_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int, progress=None) -> np.ndarray:
+    outs = []
+    starts = range(0, inputs[0].shape[0], batch)
+    with torch.inference_mode():
+        for start in (progress.bar(starts, desc="pytorch") if progress else starts):
+            outs.append(first_output(module(*(x[start:start + batch] for x in inputs))).float().numpy())
+    return np.concatenate(outs)
+
+
+def engine_outputs(runner, inputs: tuple[torch.Tensor, ...], batch: int, progress=None) -> np.ndarray:
+    arrays = [x.numpy() for x in inputs]
+    starts = range(0, arrays[0].shape[0], batch)
+    outs = [runner(*(a[s:s + batch] for a in arrays)) for s in (progress.bar(starts, desc="engine") if progress else starts)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def parity(engine: np.ndarray, source: np.ndarray, task: str) -> dict[str, float]:
+    diff = np.abs(engine.astype(np.float64) - source.astype(np.float64))
+    result = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+              "max_abs_reference": float(np.abs(source).max())}
+    a, b = engine.reshape(len(engine), -1), source.reshape(len(source), -1)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    result["cosine_mean"], result["cosine_min"] = float(cos.mean()), float(cos.min())
+    if task == "classification":
+        result["top1_agreement"] = float((engine.argmax(-1) == source.argmax(-1)).mean())
+    return result
+
+
+def parity_failures(p: dict[str, float], precision: str, atol: float, task: str) -> list[str]:
+    if precision == "fp32":
+        bound = atol * max(1.0, p["max_abs_reference"])
+        return [] if p["max_abs_diff"] <= bound else [f"max abs difference {p['max_abs_diff']:.3g} > {bound:.3g}"]
+    failures = []
+    if task == "classification" and p["top1_agreement"] < QUANTIZED_MIN_TOP1_AGREEMENT:
+        failures.append(f"top-1 agreement {p['top1_agreement']:.4f} < {QUANTIZED_MIN_TOP1_AGREEMENT}")
+    if task != "classification" and p["cosine_mean"] < QUANTIZED_MIN_COSINE:
+        failures.append(f"mean cosine {p['cosine_mean']:.5f} < {QUANTIZED_MIN_COSINE}")
+    return failures
+
+
+@register
+class VerifyPass(Pass):
+    name = "verify"
+    takes = (ONNX, ENGINE)
+    returns = "same"
+    Config = VerifyConfig
+
+    def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
+        cfg, data, spec = self.config, ctx.data, artifact.spec
+        backend = get_backend(ctx.target.backend if artifact.kind == ENGINE else "onnxruntime")
+        runner = backend.make_runner(artifact.path)
+        source = ctx.last_module()
+        ctx.progress.log(f"  parity on {data.num_holdout} held-out samples ({data.recipe})")
+        engine_out = engine_outputs(runner, data.holdout, cfg.batch, ctx.progress)
+        source_out = torch_outputs(source.module, data.holdout, cfg.batch, ctx.progress)
+        teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, data.holdout, cfg.batch)
+        labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
+        metric_name, evaluate = get_evaluator(cfg.metric or None, spec.task)
+        precision = artifact.meta.get("precision", "fp32")
+        metrics = {
+            "precision": precision,
+            "holdout_samples": data.num_holdout,
+            "parity": parity(engine_out, source_out, spec.task),
+            "metric_name": metric_name,
+            "teacher_metric": evaluate(teacher_out, teacher_out, labels),
+            "engine_metric": evaluate(engine_out, teacher_out, labels),
+            "labels": labels is not None,
+        }
+        metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
+        metrics["latency"] = self._latency(artifact, ctx, backend)
+        failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
+        if metrics["metric_drop"] > ctx.target.max_metric_drop:
+            failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
+        metrics["passed"] = not failures
+        if failures:
+            error = VerificationError("verification failed: " + "; ".join(failures))
+            error.metrics = metrics
+            raise error
+        return PassResult(artifact, metrics)
+
+    def _latency(self, artifact: Artifact, ctx: RunContext, backend) -> dict[str, dict]:
+        runs = self.config.latency_runs or ctx.target.latency_runs
+        sample = tuple(x[:1] for x in ctx.data.holdout)
+        arrays = tuple(x.numpy() for x in sample)
+        teacher = ctx.reference.module
+        results = {}
+        saved = torch.get_num_threads()
+        for label, threads in (("1_thread", 1), ("all_threads", os.cpu_count() or 1)):
+            engine = backend.make_runner(artifact.path, threads=threads)
+            torch.set_num_threads(threads)
+            try:
+                with torch.inference_mode():
+                    timings = measure({"pytorch": lambda: teacher(*sample), "engine": lambda: engine(*arrays)},
+                                      runs=runs, warmup=self.config.warmup, progress=ctx.progress, desc=f"latency {label}")
+            finally:
+                torch.set_num_threads(saved)
+            timings["speedup"] = timings["pytorch"]["median_ms"] / timings["engine"]["median_ms"]
+            timings["threads"] = threads
+            results[label] = timings
+        return results

@@ -1,0 +1,229 @@
+"""The pass manager: a pipeline of passes over artifacts, cached and resumable in a run directory.
+
+Layout of a run directory:
+
+    out/<run>/run.json          what was asked (model, target, calibration, passes)
+    out/<run>/01-export/        one folder per finished pass: its output files + pass.json
+    out/<run>/.02-verify.partial  a pass in progress (deleted and redone on resume)
+    out/<run>/model.onnx, report.json, report.md   published at the end
+
+A pass's cache key hashes (input artifact fingerprint, pass name, pass version, package version,
+pass config, run context fingerprint). A finished pass folder is only reused when its key matches
+and its output file still has the recorded hash, so a kill -9 loses at most the running pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from . import __version__
+from .artifacts import MODULE, Artifact, load_module, save_module, sha256_file, sha256_json, write_atomic
+from .calibration import CalibrationData
+from .errors import CompressError, VerificationError
+from .progress import Progress
+from .targets import TargetProfile
+
+
+@dataclass
+class RunContext:
+    """What every pass may read besides its input artifact."""
+
+    target: TargetProfile
+    data: CalibrationData
+    reference: Artifact  # the user's model as loaded: the teacher and the accuracy baseline
+    run_dir: Path
+    progress: Progress
+    history: list[tuple[str, Artifact]] = field(default_factory=list)  # (pass name, output) so far
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_json({"target": self.target.data, "data": self.data.fingerprint})
+
+    def last_module(self) -> Artifact:
+        for _, artifact in reversed(self.history):
+            if artifact.kind == MODULE:
+                return artifact
+        return self.reference
+
+
+@dataclass
+class PassResult:
+    artifact: Artifact
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EmptyConfig:
+    pass
+
+
+class Pass:
+    """One step of the pipeline. Subclasses set the class attributes and implement `run`."""
+
+    name: ClassVar[str]
+    takes: ClassVar[tuple[str, ...]]
+    returns: ClassVar[str]  # an artifact kind, or "same" for passes that check and pass through
+    version: ClassVar[str] = "1"  # bump when the pass's output changes for the same input
+    Config: ClassVar[type] = EmptyConfig
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
+        raise NotImplementedError
+
+
+PASSES: dict[str, type[Pass]] = {}
+
+# Passes of the design whose issues have not landed yet: named here so the error says so.
+PLANNED: dict[str, str] = {
+    "quantize": "quantization-aware distillation (issue #4)",
+    "prune": "CoFi structured pruning",
+    "search": "student architecture search (DisWOT / AutoDistil)",
+    "distill": "knowledge-distillation fine-tuning",
+}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    PASSES[cls.name] = cls
+    return cls
+
+
+def make_config(cls: type[Pass], values: dict[str, Any], where: str) -> Any:
+    """Build a pass's config dataclass from TOML values, with messages that name the key."""
+    known = typing.get_type_hints(cls.Config)
+    for key, value in values.items():
+        if key not in known:
+            allowed = ", ".join(known) or "none"
+            raise CompressError(f"{where}: pass '{cls.name}' has no option '{key}' (options: {allowed})")
+        expected = typing.get_origin(known[key]) or known[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise CompressError(f"{where}: key '{cls.name}.{key}' must be {expected.__name__}, got {value!r}")
+        values[key] = value
+    try:
+        return cls.Config(**values)
+    except (TypeError, ValueError) as e:
+        raise CompressError(f"{where}: pass '{cls.name}': {e}") from None
+
+
+def build_pipeline(names: list[str], configs: dict[str, dict[str, Any]], where: str) -> list[Pass]:
+    """Instantiate and type-check a pipeline before any work starts."""
+    from . import builtin_passes  # noqa: F401 - registers the passes
+
+    passes: list[Pass] = []
+    kind = MODULE
+    for name in names:
+        if name not in PASSES:
+            if name in PLANNED:
+                raise CompressError(f"pass '{name}' ({PLANNED[name]}) is not available yet")
+            raise CompressError(f"{where}: unknown pass '{name}'; known passes: {', '.join(sorted(PASSES))}")
+        cls = PASSES[name]
+        if kind not in cls.takes:
+            raise CompressError(f"{where}: pass '{name}' takes a {' or '.join(cls.takes)} artifact but gets a {kind} here")
+        passes.append(cls(make_config(cls, dict(configs.get(name, {})), where)))
+        kind = kind if cls.returns == "same" else cls.returns
+    unused = set(configs) - set(names)
+    if unused:
+        raise CompressError(f"{where}: options given for passes not in the pipeline: {', '.join(sorted(unused))}")
+    return passes
+
+
+@dataclass
+class PassRecord:
+    name: str
+    status: str  # ran | cached | failed
+    seconds: float
+    key: str
+    output: str
+    metrics: dict[str, Any]
+
+
+class PassManager:
+    def __init__(self, passes: list[Pass], ctx: RunContext):
+        self.passes = passes
+        self.ctx = ctx
+        self.records: list[PassRecord] = []
+
+    def run(self, artifact: Artifact) -> Artifact:
+        for index, p in enumerate(self.passes, start=1):
+            folder = self.ctx.run_dir / f"{index:02d}-{p.name}"
+            key = sha256_json({"input": artifact.fingerprint, "pass": p.name, "version": p.version,
+                               "package": __version__, "config": dataclasses.asdict(p.config),
+                               "context": self.ctx.fingerprint})
+            cached = self._load_cached(folder, key, artifact)
+            if cached is not None:
+                artifact, record = cached
+                self.ctx.progress.log(f"[{index}/{len(self.passes)}] {p.name}: cached, skipped")
+            else:
+                artifact, record = self._run_pass(p, index, folder, key, artifact)
+            self.records.append(record)
+            self.ctx.history.append((p.name, artifact))
+        return artifact
+
+    def _run_pass(self, p: Pass, index: int, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord]:
+        self.ctx.progress.log(f"[{index}/{len(self.passes)}] {p.name} ...")
+        partial = self.ctx.run_dir / f".{folder.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        start = time.perf_counter()
+        try:
+            result = p.run(artifact, self.ctx, partial)
+        except VerificationError as e:
+            metrics = getattr(e, "metrics", {})
+            self.records.append(PassRecord(p.name, "failed", time.perf_counter() - start, key, "", metrics))
+            raise
+        seconds = time.perf_counter() - start
+        out = result.artifact
+        if p.returns != "same" and out.kind != p.returns:
+            raise RuntimeError(f"pass {p.name} returned a {out.kind}, declared {p.returns}")
+        # Persist the output inside the partial folder, then publish the folder in one rename.
+        if out.kind == MODULE and out is not artifact:
+            save_module(out.module, partial / "module.pt")
+            out.path = folder / "module.pt"
+            out.fingerprint = key
+        elif out.path is not None and out.path.parent == partial:
+            out.path = folder / out.path.name
+        output_rel = str(out.path.relative_to(self.ctx.run_dir)) if out.path and out.path.is_relative_to(self.ctx.run_dir) else ""
+        record = PassRecord(p.name, "ran", seconds, key, output_rel, result.metrics)
+        manifest = {"key": key, "pass": p.name, "seconds": seconds, "metrics": result.metrics,
+                    "output": {"kind": out.kind, "path": output_rel, "fingerprint": out.fingerprint,
+                               "spec": out.spec.to_json(), "meta": out.meta, "same_as_input": out is artifact}}
+        write_atomic(partial / "pass.json", json.dumps(manifest, indent=2, default=str))
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+        if out.kind != MODULE and out is not artifact and out.path is not None:
+            out.fingerprint = sha256_file(out.path)
+            manifest["output"]["fingerprint"] = out.fingerprint
+            write_atomic(folder / "pass.json", json.dumps(manifest, indent=2, default=str))
+        return out, record
+
+    def _load_cached(self, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord] | None:
+        try:
+            manifest = json.loads((folder / "pass.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if manifest.get("key") != key:
+            return None
+        out = manifest["output"]
+        record = PassRecord(manifest["pass"], "cached", manifest["seconds"], key, out["path"], manifest["metrics"])
+        if out["same_as_input"]:
+            return artifact, record
+        path = self.ctx.run_dir / out["path"]
+        if not path.is_file():
+            return None
+        from .artifacts import InputSpec
+
+        spec = InputSpec.from_json(out["spec"])
+        if out["kind"] == MODULE:
+            return Artifact(MODULE, spec, out["fingerprint"], module=load_module(path), path=path, meta=out["meta"]), record
+        if sha256_file(path) != out["fingerprint"]:
+            return None  # edited or damaged since: redo the pass
+        return Artifact(out["kind"], spec, out["fingerprint"], path=path, meta=out["meta"]), record

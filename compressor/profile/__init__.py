@@ -1,0 +1,1 @@
+"""Latency measurement: on this machine now, on the device through its backend's runner later."""

@@ -1,0 +1,91 @@
+"""report.json (everything, for machines), report.md (for people) and the end-of-run summary."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .artifacts import write_atomic
+
+_LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "optimum", "nncf")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def write_reports(run_dir: Path, report: dict[str, Any]) -> None:
+    write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_atomic(run_dir / "report.md", markdown(report))
+
+
+def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    for p in report.get("passes", []):
+        if p["name"] == "verify":
+            return p["metrics"]
+    return {}
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
+            ("target", f"{report['target']['name']} ({report['target']['backend']})")]
+    sizes = report.get("sizes", {})
+    if sizes.get("engine_bytes"):
+        rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
+                             f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller)"))
+    v = _verify_metrics(report)
+    if v:
+        par = v["parity"]
+        line = f"max |diff| {par['max_abs_diff']:.3g}, cosine {par['cosine_mean']:.6f}"
+        if "top1_agreement" in par:
+            line += f", top-1 agreement {par['top1_agreement'] * 100:.2f}%"
+        rows.append((f"parity ({v['precision']})", line))
+        rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
+                     f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "
+                     f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
+        for label, lat in v.get("latency", {}).items():
+            rows.append((f"latency {label.replace('_', ' ')}",
+                         f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
+                         f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)"))
+    for p in report.get("passes", []):
+        rows.append((f"pass {p['name']}", f"{p['status']} in {p['seconds']:.1f} s"))
+    if report.get("engine"):
+        rows.append(("engine", report["engine"]["path"]))
+    return rows
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    rows = summary_rows(report)
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Compression report: {Path(report['model']['path']).name} for {report['target']['name']}", ""]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in summary_rows(report)]
+    v = _verify_metrics(report)
+    if v:
+        lines += ["", "## Parity (engine vs the PyTorch module it was exported from)", "", "| measure | value |", "|---|---|"]
+        lines += [f"| {k} | {val:.6g} |" for k, val in v["parity"].items()]
+        lines += ["", "## Latency (batch 1, median of interleaved runs)", "",
+                  "| threads | PyTorch eager ms (p90) | engine ms (p90) | speedup |", "|---|---|---|---|"]
+        for label, lat in v.get("latency", {}).items():
+            lines.append(f"| {lat['threads']} | {lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f}) | "
+                         f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f}) | {lat['speedup']:.2f}x |")
+    for note in report.get("notes", []):
+        lines.append(f"\n> {note}")
+    lines += ["", "## Versions", ""] + [f"- {k}: {val}" for k, val in report["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"

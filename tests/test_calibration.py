@@ -1,0 +1,94 @@
+"""Calibration recipes: every source kind, preprocessing, splits, and early rejection of bad data."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compressor.artifacts import InputSpec, TensorSpec
+from compressor.calibration import load_calibration, load_recipe
+from compressor.errors import CompressError
+
+MNIST_SPEC = InputSpec((TensorSpec("input", ("batch", 1, 28, 28)),))
+
+
+def _recipe(tmp_path, body: str):
+    path = tmp_path / "recipe.toml"
+    path.write_text(body)
+    return load_recipe(str(path))
+
+
+def test_bundled_mnist_recipe_holds_out_the_test_split():
+    data = load_calibration(load_recipe("mnist"), MNIST_SPEC)
+    assert data.num_calib == 512 and data.num_holdout == 1000
+    assert data.holdout_labels is not None and set(data.holdout_labels.tolist()) == set(range(10))
+    assert 0.0 <= float(data.calib[0].min()) and float(data.calib[0].max()) <= 1.0
+    from compressor.datasets.mnist import load_mnist_split
+
+    _, _, x_test, _ = load_mnist_split(seed=0)
+    np.testing.assert_array_equal(data.holdout[0].numpy(), x_test)
+
+
+def test_npz_with_labels_and_preprocessing(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, size=(40, 1, 28, 28)).astype(np.uint8)
+    y = np.arange(40) % 10
+    np.savez(tmp_path / "samples.npz", x=x, y=y)
+    recipe = _recipe(tmp_path, 'source = "npy"\npath = "samples.npz"\nkey = "x"\nlabels_key = "y"\n'
+                               'calibration_samples = 30\nholdout_samples = 10\n[preprocess]\nscale = 0.00392156862745098\n')
+    data = load_calibration(recipe, MNIST_SPEC)
+    assert data.num_calib == 30 and data.num_holdout == 10
+    assert data.calib[0].dtype == torch.float32 and float(data.calib[0].max()) <= 1.0
+    both = np.concatenate([data.calib[0].numpy(), data.holdout[0].numpy()])
+    assert len({a.tobytes() for a in both}) == 40  # disjoint parts, nothing lost
+
+
+def test_image_folder_with_class_subfolders(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    recipe = _recipe(tmp_path, 'source = "image_folder"\npath = "images"\ncalibration_samples = 8\nholdout_samples = 4\n'
+                               '[preprocess]\nmode = "RGB"\nsize = [32, 32]\nscale = 0.00392156862745098\nmean = [0.5, 0.5, 0.5]\nstd = [0.25, 0.25, 0.25]\n')
+    spec = InputSpec((TensorSpec("input", ("batch", 3, 32, 32)),))
+    data = load_calibration(recipe, spec)
+    assert data.calib[0].shape == (8, 3, 32, 32)
+    assert sorted(set(data.holdout_labels.tolist())) <= [0, 1]
+    assert float(data.calib[0].min()) >= -2.0 - 1e-6 and float(data.calib[0].max()) <= 2.0 + 1e-6
+
+
+def test_samples_of_the_wrong_shape_are_rejected(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((20, 3, 32, 32), dtype=np.float32))
+    recipe = _recipe(tmp_path, 'source = "npy"\npath = "x.npy"\ncalibration_samples = 10\nholdout_samples = 10\n')
+    with pytest.raises(CompressError, match="3x32x32 do not fit the model input 'input' of shape Nx1x28x28"):
+        load_calibration(recipe, MNIST_SPEC)
+
+
+def test_nan_samples_are_rejected(tmp_path):
+    x = np.zeros((20, 1, 28, 28), dtype=np.float32)
+    x[3, 0, 0, 0] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    recipe = _recipe(tmp_path, 'source = "npy"\npath = "x.npy"\ncalibration_samples = 10\nholdout_samples = 10\n')
+    with pytest.raises(CompressError, match="NaN or Inf"):
+        load_calibration(recipe, MNIST_SPEC)
+
+
+def test_missing_data_file(tmp_path):
+    recipe = _recipe(tmp_path, 'source = "npy"\npath = "nowhere.npy"\n')
+    with pytest.raises(CompressError, match="not found"):
+        load_calibration(recipe, MNIST_SPEC)
+
+
+def test_unknown_recipe_lists_known():
+    with pytest.raises(CompressError, match="known recipes: .*mnist"):
+        load_recipe("imagenet-full")
+
+
+def test_recipe_errors_name_file_and_key(tmp_path):
+    with pytest.raises(CompressError, match="key 'source' must be one of"):
+        _recipe(tmp_path, 'source = "ftp"\n')
+    with pytest.raises(CompressError, match="key 'calibration_samples' must be int"):
+        _recipe(tmp_path, 'source = "mnist"\ncalibration_samples = "many"\n')
+    with pytest.raises(CompressError, match="malformed TOML"):
+        _recipe(tmp_path, 'source = \n')
