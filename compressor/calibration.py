@@ -43,6 +43,7 @@ class CalibrationData:
     holdout_labels: torch.Tensor | None
     fingerprint: str
     extras: dict[str, Any]  # e.g. the held-out sentences, for reports
+    calib_labels: torch.Tensor | None = None  # optional: distillation works without them
 
     @property
     def num_calib(self) -> int:
@@ -98,10 +99,11 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
             raise CompressError(f"{recipe.path}: the samples contain NaN or Inf values")
     fingerprint = sha256_json({"recipe": recipe.data, "digest": [sha256_tensor(t) for t in (*calib, *holdout)]})
     held_labels = torch.as_tensor(labels[hold_idx]) if labels is not None else None
+    calib_labels = torch.as_tensor(labels[cal_idx]) if labels is not None else None
     if "texts" in extras:
         extras["holdout_texts"] = [extras["texts"][i] for i in hold_idx]
         del extras["texts"]
-    return CalibrationData(recipe.name, calib, holdout, held_labels, fingerprint, extras)
+    return CalibrationData(recipe.name, calib, holdout, held_labels, fingerprint, extras, calib_labels)
 
 
 def synthetic_calibration(spec: InputSpec, count: int = 64, seed: int = 0) -> CalibrationData:

@@ -57,11 +57,13 @@ def _fail(error: CompressError, debug: bool) -> None:
 @click.option("--input-shape", default=None, help="Input shape(s) where the format has none, e.g. 1x1x28x28 or 1x128,1x128.")
 @click.option("--input-dtype", default="float32", show_default=True)
 @click.option("--task", type=click.Choice(["classification", "embedding", "regression"]), default=None, help="Default: inferred from the output.")
+@click.option("--keep-float", type=click.IntRange(min=0), default=None,
+              help="Keep the N most quantization-sensitive layers in the target's higher precision.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
-                input_shape, input_dtype, task, quiet, as_json, debug):
+                input_shape, input_dtype, task, keep_float, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -78,7 +80,8 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                            input_shapes=parse_input_shapes(input_shape) if input_shape else None,
                            input_dtype=input_dtype, task=task)
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
-                             config=config, resume=resume, force=force, quiet=quiet, load=load)
+                             config=config, resume=resume, force=force, quiet=quiet, load=load,
+                             overrides={"quantize": {"keep_float": keep_float}} if keep_float is not None else {})
         result = run(model, target, calib, options)
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)

@@ -229,6 +229,8 @@ def first_output(out: Any) -> torch.Tensor:
 
 
 def _infer_task(module: torch.nn.Module, inputs: list[TensorSpec], static_batch: int | None, path: Path) -> str:
+    if getattr(module, "task", None) in TASKS:  # a wrapper that knows (e.g. a pooled Hugging Face encoder)
+        return module.task
     spec = InputSpec(inputs=tuple(inputs), static_batch=static_batch)
     try:
         with torch.no_grad():

@@ -70,6 +70,7 @@ class Pass:
     takes: ClassVar[tuple[str, ...]]
     returns: ClassVar[str]  # an artifact kind, or "same" for passes that check and pass through
     version: ClassVar[str] = "1"  # bump when the pass's output changes for the same input
+    needs_calibration: ClassVar[bool] = False  # refuses random inputs: checked before any work
     Config: ClassVar[type] = EmptyConfig
 
     def __init__(self, config: Any = None):
@@ -83,7 +84,6 @@ PASSES: dict[str, type[Pass]] = {}
 
 # Passes of the design whose issues have not landed yet: named here so the error says so.
 PLANNED: dict[str, str] = {
-    "quantize": "quantization-aware distillation (issue #4)",
     "prune": "CoFi structured pruning",
     "search": "student architecture search (DisWOT / AutoDistil)",
     "distill": "knowledge-distillation fine-tuning",

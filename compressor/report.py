@@ -28,11 +28,15 @@ def write_reports(run_dir: Path, report: dict[str, Any]) -> None:
     write_atomic(run_dir / "report.md", markdown(report))
 
 
-def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:
+def _pass_metrics(report: dict[str, Any], name: str) -> dict[str, Any]:
     for p in report.get("passes", []):
-        if p["name"] == "verify":
+        if p["name"] == name:
             return p["metrics"]
     return {}
+
+
+def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    return _pass_metrics(report, "verify")
 
 
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -42,13 +46,24 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if sizes.get("engine_bytes"):
         rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
                              f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller)"))
+    q = _pass_metrics(report, "quantize")
+    if q.get("qad_metric") is not None:
+        rows.append((f"quantization ({q['scheme']}, {q['observer']})",
+                     f"{q['metric_name']} teacher {q['teacher_metric']:.4f}, PTQ {q['ptq_metric']:.4f}, "
+                     f"QAD {q['qad_metric']:.4f}; {q['quantized_layers']} layers int8, "
+                     f"{len(q['kept_float'])} kept {q['keep_float_dtype']}, {len(q['float_ops'])} float ops"))
+    low = _pass_metrics(report, "lower")
+    if "engine_built" in low and not low["engine_built"]:
+        rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
+    if "integer_kernels" in low:
+        rows.append(("onnxruntime kernels", f"{low['integer_kernels']} integer, {low['float_compute']} float compute"))
     v = _verify_metrics(report)
     if v:
         par = v["parity"]
         line = f"max |diff| {par['max_abs_diff']:.3g}, cosine {par['cosine_mean']:.6f}"
         if "top1_agreement" in par:
             line += f", top-1 agreement {par['top1_agreement'] * 100:.2f}%"
-        rows.append((f"parity ({v['precision']})", line))
+        rows.append((f"parity ({v['precision']}, {v.get('runtime', 'onnxruntime')})", line))
         rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
                      f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "
                      f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
@@ -81,6 +96,18 @@ def markdown(report: dict[str, Any]) -> str:
         for label, lat in v.get("latency", {}).items():
             lines.append(f"| {lat['threads']} | {lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f}) | "
                          f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f}) | {lat['speedup']:.2f}x |")
+    q = _pass_metrics(report, "quantize")
+    if q.get("sensitivity"):
+        lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",
+                  "| layer | op | relative output error | metric vs teacher |", "|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['op']} | {r['output_error']:.3e} | {r['metric_vs_teacher']:.4f} |" for r in q["sensitivity"]]
+        if q.get("kept_float"):
+            lines.append(f"\nKept in {q['keep_float_dtype']}: {', '.join(q['kept_float'])}")
+        if q.get("float_ops"):
+            lines.append(f"\nLeft in float by the scheme: {', '.join(q['float_ops'])}")
+    low = _pass_metrics(report, "lower")
+    if low.get("instructions"):
+        lines += ["", "## Building the engine on the device", "", "```", low["instructions"].rstrip(), "```"]
     for note in report.get("notes", []):
         lines.append(f"\n> {note}")
     lines += ["", "## Versions", ""] + [f"- {k}: {val}" for k, val in report["versions"].items()]

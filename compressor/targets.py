@@ -21,10 +21,11 @@ class TensorQuant:
     symmetric: bool
     granularity: str
     axis: int = 0
+    bits: int = 0  # 0: the dtype's full width; fewer for a "reduced range" (see x86-cpu.toml)
 
     @property
     def qrange(self) -> tuple[int, int]:
-        bits = 16 if self.dtype.endswith("16") else 8
+        bits = self.bits or (16 if self.dtype.endswith("16") else 8)
         if self.dtype.startswith("u"):
             return 0, 2**bits - 1
         # Symmetric signed ranges drop -128 so that +-max are representable alike (TensorRT, QNN).
@@ -67,7 +68,12 @@ def _tensor_quant(data: dict, key: str, where: Path) -> TensorQuant:
     gran = get(data, f"quantization.{key}.granularity", str, where)
     if gran not in _GRANULARITIES:
         raise CompressError(f"{where}: key 'quantization.{key}.granularity' must be one of {', '.join(_GRANULARITIES)}, got '{gran}'")
+    width = 16 if dtype.endswith("16") else 8
+    bits = get(data, f"quantization.{key}.bits", int, where, default=0)
+    if bits and not 2 <= bits <= width:
+        raise CompressError(f"{where}: key 'quantization.{key}.bits' must be between 2 and {width}, got {bits}")
     return TensorQuant(
+        bits=bits,
         dtype=dtype,
         symmetric=get(data, f"quantization.{key}.symmetric", bool, where),
         granularity=gran,

@@ -39,9 +39,33 @@ def models(tmp_path_factory) -> dict[str, Path]:
             "state_dict": folder / "tiny_sd.pt", "pickle": folder / "tiny_pickle.pt", "class_file": TINYNET_FILE}
 
 
+@pytest.fixture(scope="session")
+def trained_res(tmp_path_factory) -> Path:
+    """A small residual CNN trained briefly on the bundled MNIST digits, saved as .pt2."""
+    from compressor.datasets.mnist import load_mnist_split
+    from tinynet import ResTiny
+
+    torch.manual_seed(0)
+    x, y, _, _ = load_mnist_split(seed=0)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    net = ResTiny()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in torch.randperm(len(x)).split(64):
+            loss = nn.functional.cross_entropy(net(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    path = tmp_path_factory.mktemp("trained") / "res.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(net, (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},)), path)
+    return path
+
+
 @pytest.fixture
 def fast_config(tmp_path) -> Path:
-    """A pipeline config with a short latency measurement, to keep tests quick."""
+    """The FP32 pipeline with a short latency measurement, to keep tests quick."""
     path = tmp_path / "fast.toml"
-    path.write_text("[verify]\nlatency_runs = 10\nwarmup = 2\n")
+    path.write_text('passes = ["export", "verify"]\n[verify]\nlatency_runs = 10\nwarmup = 2\n')
     return path

@@ -69,6 +69,12 @@ def test_run_writes_engine_report_and_resumes_from_cache(models, tmp_path, fast_
     assert third.report["engine"]["sha256"] == report["engine"]["sha256"]
 
 
+def test_quantization_without_calibration_data_is_refused_before_work(models, tmp_path):
+    with pytest.raises(CompressError, match="needs real calibration data"):
+        compress(models["pt2"], target="x86-cpu", out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_force_refuses_to_delete_a_folder_that_is_not_a_run(models, tmp_path):
     (tmp_path / "precious.txt").write_text("user data")
     with pytest.raises(CompressError, match="not a compress run directory"):
@@ -114,7 +120,7 @@ def test_perturbed_engine_fails_verification_with_numbers_in_the_report(models, 
 def test_kill_during_a_pass_loses_only_that_pass(models, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "slow_verify.toml"
-    config.write_text("[verify]\nlatency_runs = 3000\nwarmup = 2\n")
+    config.write_text('passes = ["export", "verify"]\n[verify]\nlatency_runs = 3000\nwarmup = 2\n')
     cmd = [sys.executable, "-m", "compressor.cli", str(models["pt2"]), "--calib", "mnist", "--out", str(out),
            "--config", str(config), "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -128,7 +134,7 @@ def test_kill_during_a_pass_loses_only_that_pass(models, tmp_path):
     assert (out / "01-export" / "pass.json").exists() and not (out / "02-verify").exists()
     assert not (out / "model.onnx").exists() and not (out / "report.json").exists()
 
-    config.write_text("[verify]\nlatency_runs = 10\nwarmup = 2\n")  # the verify key changes; export's does not
+    config.write_text('passes = ["export", "verify"]\n[verify]\nlatency_runs = 10\nwarmup = 2\n')  # verify's key changes
     resumed = subprocess.run(cmd + ["--resume", "--json"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)

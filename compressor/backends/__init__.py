@@ -5,14 +5,15 @@ import importlib
 
 from ..errors import CompressError
 
-# backend name -> module implementing `lower(artifact, ctx, workdir) -> PassResult`
+# backend name -> module implementing `lower(artifact, ctx, workdir, config) -> PassResult` and
+# `make_runner(path, threads) -> callable(*arrays) -> array` for the engine it builds
 BACKENDS: dict[str, str] = {
     "onnxruntime": "compressor.backends.onnxruntime",
+    "tensorrt": "compressor.backends.tensorrt.backend",
 }
 
 # Backends of the design whose issues have not landed yet: their profiles exist already.
 PLANNED: dict[str, str] = {
-    "tensorrt": "the Jetson / TensorRT backend (issue #5)",
     "qnn": "the Snapdragon QNN backend",
     "cengine": "the RISC-V C engine backend (issue #6)",
 }

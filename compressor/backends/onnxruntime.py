@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ..artifacts import ENGINE, Artifact
 from ..errors import CompressError
+from ..pipeline import PassResult, RunContext
 
 
 class OrtRunner:
     """Runs an ONNX file on the CPU; a static-batch graph is fed in chunks of its batch size."""
 
-    def __init__(self, path: Path, threads: int | None = None, optimized_path: Path | None = None):
+    def __init__(self, path: Path, threads: int | None = None, optimized_path: Path | None = None,
+                 reference: bool = False):
+        """`reference`: basic graph optimizations only, so Q/DQ keep their exact ONNX meaning (the
+        check for engines that run elsewhere); otherwise everything, fused int8 kernels included."""
         options = ort.SessionOptions()
+        if reference:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
@@ -51,3 +58,25 @@ def run_in_chunks(fn, arrays: tuple[np.ndarray, ...], batch: int) -> np.ndarray:
 
 def make_runner(path: Path, threads: int | None = None) -> OrtRunner:
     return OrtRunner(path, threads)
+
+
+INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul",
+                   "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid",
+                   "QLinearLeakyRelu", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
+
+
+def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
+    """The ONNX file is the engine; count what onnxruntime turns it into, since int8 is only fast
+    when Q/DQ fuse into integer kernels (a Conv left beside a DequantizeLinear runs in float)."""
+    import onnx
+
+    optimized = workdir / "optimized.onnx"
+    OrtRunner(artifact.path, threads=1, optimized_path=optimized)
+    ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    optimized.unlink()
+    counts = {op: ops.count(op) for op in sorted(set(ops))}
+    metrics = {"integer_kernels": sum(counts.get(op, 0) for op in INTEGER_KERNELS),
+               "float_compute": sum(counts.get(op, 0) for op in ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm")),
+               "optimized_ops": counts}
+    meta = {**artifact.meta, "engine_built": True}
+    return PassResult(Artifact(ENGINE, artifact.spec, artifact.fingerprint, path=artifact.path, meta=meta), metrics)

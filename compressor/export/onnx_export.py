@@ -29,8 +29,12 @@ class ExportConfig:
             raise ValueError(f"opset must be at least {MIN_OPSET}, got {self.opset}")
 
 
-def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int = 18) -> str:
-    """Write `module` to `path` as ONNX; returns which exporter produced it."""
+def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int = 18, legacy_only: bool = False) -> str:
+    """Write `module` to `path` as ONNX; returns which exporter produced it.
+
+    `legacy_only`: fake-quantized graphs, which torch.export cannot re-trace (fake_quantize has no
+    fake-tensor kernel there); the TorchScript exporter writes them as standard Q/DQ.
+    """
     static = spec.static_batch
     if isinstance(module, StaticBatchAdapter):
         module = module.inner  # the graph only runs at its exported batch size
@@ -38,10 +42,10 @@ def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int
     args = example_inputs(spec, batch=static or 2, sequence=16)
     names = [t.name for t in spec.inputs]
     errors = []
-    exporters = [_legacy] if isinstance(module, torch.jit.ScriptModule) else [_dynamo, _legacy]
+    exporters = [_legacy] if legacy_only or isinstance(module, torch.jit.ScriptModule) else [_dynamo, _legacy]
     for exporter in exporters:
         try:
-            with _quiet():
+            with _quiet(), torch.no_grad():
                 exporter(module, args, spec, path, opset)
             break
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all if none works
@@ -58,7 +62,7 @@ def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int
     return exporters[len(errors)].__name__.strip("_")
 
 
-def _dynamic_shapes(spec: InputSpec):
+def dynamic_shapes(spec: InputSpec):
     dims: dict[str, torch.export.Dim] = {}
     shapes = []
     for t in spec.inputs:
@@ -72,7 +76,7 @@ def _dynamic_shapes(spec: InputSpec):
 
 def _dynamo(module, args, spec: InputSpec, path: Path, opset: int) -> None:
     torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
-                      dynamic_shapes=_dynamic_shapes(spec), external_data=False, verbose=False)
+                      dynamic_shapes=dynamic_shapes(spec), external_data=False, verbose=False)
 
 
 def _legacy(module, args, spec: InputSpec, path: Path, opset: int) -> None:
@@ -131,8 +135,20 @@ class ExportPass(Pass):
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
         path = workdir / self.config.filename
-        exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset)
         precision = artifact.meta.get("precision", "fp32")
-        meta = {"precision": precision, "exporter": exporter, "opset": self.config.opset}
+        metrics: dict = {"precision": precision}
+        if precision == "fp32":
+            exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset)
+        else:
+            from ..quantize import qdq
+            from ..quantize.fakequant import export_mode
+            from ..quantize.scheme import QuantScheme
+
+            with export_mode(artifact.module):
+                exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset, legacy_only=True)
+            scheme = QuantScheme.from_target(ctx.target)
+            metrics.update(qdq.finalize(path, scheme.bias_int32, scheme.weights.qrange))
+        meta = {**artifact.meta, "exporter": exporter, "opset": self.config.opset}
         out = Artifact(ONNX, artifact.spec, sha256_file(path), path=path, meta=meta)
-        return PassResult(out, {"exporter": exporter, "onnx_bytes": path.stat().st_size, "precision": precision})
+        metrics.update(exporter=exporter, onnx_bytes=path.stat().st_size)
+        return PassResult(out, metrics)

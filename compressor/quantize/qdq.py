@@ -1,0 +1,122 @@
+"""The exported QDQ graph in the form engines expect.
+
+The exporter writes every fake quantizer as QuantizeLinear -> DequantizeLinear, weights included,
+so the file still holds float weights. Here a weight's Q node is evaluated once: the int8 tensor
+becomes the initializer feeding its DequantizeLinear (4x smaller file, and what TensorRT, QNN and
+onnxruntime's int8 kernels read). Where the scheme has int32 bias, a float bias of a Conv/Gemm
+whose input and weight are dequantized becomes int32 at scale s_input * s_weight.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = model
+        self.graph = model.graph
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    def add_init(self, array: np.ndarray, name: str) -> str:
+        self.graph.initializer.append(numpy_helper.from_array(array, name))
+        return name
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 1)
+
+
+def _broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    if v.ndim == 0 or v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis] = -1
+    return v.reshape(shape)
+
+
+def fold_weight_quantizers(g: _Graph, weight_range: tuple[int, int]) -> int:
+    """`weight_range`: the scheme's integer range (7-bit weights on x86), which ONNX's
+    QuantizeLinear cannot express; training clamped to it, so the stored weights must too."""
+    folded = 0
+    for q in [n for n in g.graph.node if n.op_type == "QuantizeLinear"]:
+        w = g.const(q.input[0])
+        users = g.consumers.get(q.output[0], [])
+        if w is None or w.dtype.kind != "f" or not users or any(u.op_type != "DequantizeLinear" for u in users):
+            continue
+        scale = g.const(q.input[1])
+        zero = g.const(q.input[2]) if len(q.input) > 2 and q.input[2] else np.zeros((), np.uint8)
+        info = np.iinfo(zero.dtype)
+        lo, hi = max(info.min, weight_range[0]), min(info.max, weight_range[1])
+        axis = _axis(q) % max(w.ndim, 1)
+        quantized = np.clip(np.round(w / _broadcast(scale, w.ndim, axis)) + _broadcast(zero, w.ndim, axis).astype(np.int64),
+                            lo, hi).astype(zero.dtype)
+        name = g.add_init(quantized, f"{q.input[0]}_quantized")
+        for dq in users:
+            dq.input[0] = name
+        g.graph.node.remove(q)
+        folded += 1
+    return folded
+
+
+def quantize_biases(g: _Graph) -> int:
+    done = 0
+    for node in [n for n in g.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]:
+        bias = g.const(node.input[2])
+        x_dq, w_dq = g.producer.get(node.input[0]), g.producer.get(node.input[1])
+        if bias is None or bias.dtype.kind != "f" or not x_dq or not w_dq or \
+                x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+            continue
+        s_x, s_w = g.const(x_dq.input[1]), g.const(w_dq.input[1])
+        if s_x is None or s_w is None or s_x.size != 1:
+            continue
+        scale = (s_x.reshape(()) * s_w.reshape(-1)).astype(np.float32)
+        scale = np.broadcast_to(scale, bias.shape).copy() if scale.size == 1 else scale
+        q = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = node.input[2]
+        inputs = [g.add_init(q, f"{base}_int32"), g.add_init(scale, f"{base}_int32_scale"),
+                  g.add_init(np.zeros(q.shape, np.int32), f"{base}_int32_zero")]
+        dq = helper.make_node("DequantizeLinear", inputs, [f"{base}_dequantized"], name=f"{base}_dq", axis=0)
+        g.graph.node.insert(list(g.graph.node).index(node), dq)
+        node.input[2] = dq.output[0]
+        done += 1
+    return done
+
+
+def _drop_unused(g: _Graph) -> None:
+    used = {i for n in g.graph.node for i in n.input} | {o.name for o in g.graph.output}
+    for init in list(g.graph.initializer):
+        if init.name not in used:
+            g.graph.initializer.remove(init)
+
+
+def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128, 127)) -> dict[str, int]:
+    """Rewrite `path` in place (atomically) with int8 weight initializers and, if asked, int32 biases."""
+    model = onnx.load(str(path))
+    g = _Graph(model)
+    stats = {"int8_weights": fold_weight_quantizers(g, weight_range)}
+    g = _Graph(model)  # producers changed
+    stats["int32_biases"] = quantize_biases(g) if bias_int32 else 0
+    _drop_unused(g)
+    onnx.checker.check_model(model)
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    stats["qdq_pairs"] = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    return stats

@@ -1,0 +1,59 @@
+"""A target's quantization scheme: number formats, and where Q/DQ go in the graph.
+
+Insertion rules, by the profile's `quantization.insertion`:
+- tensorrt: Q/DQ on the activation inputs of Conv/Gemm/MatMul and on both inputs of a residual
+  Add; nothing on outputs. TensorRT fuses DQ -> op -> Q itself and runs the rest in fp16.
+- onnxruntime: additionally the outputs of quantized ops (after a following ReLU/Clip, which
+  fuses), pooling and Add, so onnxruntime turns DQ -> op -> Q into QLinearConv / QGemm / QLinearAdd.
+- every-op: like onnxruntime, plus the outputs of every other compute op the backend can run in
+  integer (QNN HTP runs LayerNorm/Softmax/GELU quantized too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import CompressError
+from ..targets import TargetProfile, TensorQuant
+
+# Op kinds (see graph.OP_KINDS). "act" ops fuse into the op before them.
+WEIGHTED = frozenset({"conv", "linear"})
+
+
+@dataclass(frozen=True)
+class InsertionRule:
+    inputs_of: frozenset[str]  # ops whose activation inputs are quantized
+    outputs_of: frozenset[str]  # ops whose outputs are quantized
+    float_kinds: frozenset[str]  # compute ops left in float (listed in the report)
+
+
+RULES: dict[str, InsertionRule] = {
+    "tensorrt": InsertionRule(frozenset({"conv", "linear", "matmul", "add"}), frozenset(),
+                              frozenset({"norm", "softmax", "gelu", "other"})),
+    "onnxruntime": InsertionRule(frozenset({"conv", "linear", "matmul", "add"}),
+                                 frozenset({"conv", "linear", "matmul", "add", "pool"}),
+                                 frozenset({"norm", "softmax", "gelu", "other"})),
+    "every-op": InsertionRule(frozenset({"conv", "linear", "matmul", "add"}),
+                              frozenset({"conv", "linear", "matmul", "add", "pool", "norm", "softmax", "gelu"}),
+                              frozenset({"other"})),
+}
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    name: str
+    activations: TensorQuant
+    weights: TensorQuant
+    rule: InsertionRule
+    bias_int32: bool
+    observer: str
+    keep_float_dtype: str  # what "kept in higher precision" means on this target
+
+    @classmethod
+    def from_target(cls, target: TargetProfile) -> QuantScheme:
+        if target.insertion not in RULES:
+            raise CompressError(f"{target.path}: key 'quantization.insertion' must be one of {', '.join(RULES)}, "
+                                f"got '{target.insertion}'")
+        q = target.data.get("quantization", {})
+        return cls(name=q.get("scheme", target.name), activations=target.activations, weights=target.weights,
+                   rule=RULES[target.insertion], bias_int32=q.get("bias") == "int32", observer=target.observer,
+                   keep_float_dtype=q.get("keep_float_dtype", "fp32"))

@@ -1,0 +1,1 @@
+"""MNIST sample teacher (see README.md)."""

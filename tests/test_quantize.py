@@ -1,0 +1,208 @@
+"""Quantization-aware distillation: observers, graph surgery per scheme, QDQ export, and the pass."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from compressor import compress
+from compressor.artifacts import InputSpec, TensorSpec
+from compressor.backends.onnxruntime import OrtRunner
+from compressor.errors import CompressError, VerificationError
+from compressor.quantize.fakequant import FakeQuant, fake_quants
+from compressor.quantize.graph import fold_batchnorm, insert_fake_quants, op_kind, to_graph_module
+from compressor.quantize.observers import OBSERVERS, Observer, range_to_qparams
+from compressor.quantize.scheme import QuantScheme
+from compressor.targets import TensorQuant, load_target
+from conftest import tiny_net
+
+SPEC = InputSpec((TensorSpec("input", ("batch", 1, 28, 28)),))
+INT8_SYM = TensorQuant("int8", True, "per_tensor")
+UINT8 = TensorQuant("uint8", False, "per_tensor")
+
+
+def _profile(tmp_path: Path, base: str, **replace: str) -> Path:
+    text = load_target(base).path.read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / f"{base}-custom.toml"
+    path.write_text(text)
+    return path
+
+
+def _config(tmp_path: Path, body: str = "") -> Path:
+    path = tmp_path / "pipeline.toml"
+    path.write_text('passes = ["quantize", "export", "verify"]\n[verify]\nlatency_runs = 10\nwarmup = 2\n'
+                    f"[quantize]\n{body}\n")
+    return path
+
+
+def test_observers_clip_outliers_that_minmax_keeps():
+    obs = Observer()
+    values = np.random.default_rng(0).normal(0, 1, 200_000).astype(np.float32)
+    values[0] = 60.0
+    obs.update(torch.from_numpy(values))
+    ranges = {name: fn(obs, INT8_SYM) for name, fn in OBSERVERS.items()}
+    assert ranges["minmax"][1] == pytest.approx(60.0)
+    for name in ("percentile", "entropy"):
+        assert 2.0 < ranges[name][1] < 30.0, (name, ranges[name])
+
+
+def test_entropy_observer_is_not_fooled_by_exact_zeros():
+    obs = Observer()
+    rng = np.random.default_rng(0)
+    obs.update(torch.from_numpy(np.where(rng.random(200_000) < 0.8, 0.0, rng.random(200_000)).astype(np.float32)))
+    assert OBSERVERS["entropy"](obs, INT8_SYM)[1] > 0.9  # a ReLU/background spike at 0 is exact anyway
+
+
+def test_mse_observer_trades_clipping_for_resolution_on_heavy_tails():
+    obs = Observer()
+    obs.update(torch.from_numpy(np.random.default_rng(0).laplace(0, 1, 200_000).astype(np.float32)))
+    lo, hi = OBSERVERS["mse"](obs, TensorQuant("int8", True, "per_tensor", bits=4))
+    assert hi < 0.8 * obs.max
+
+
+def test_asymmetric_range_represents_zero_exactly():
+    scale, zero = range_to_qparams(-0.7, 3.1, UINT8)
+    assert 0 < zero < 255 and scale == pytest.approx(3.8 / 255)
+    scale, zero = range_to_qparams(0.5, 3.0, UINT8)  # the range is widened to include 0
+    assert zero == 0
+    assert range_to_qparams(-2.0, 1.0, INT8_SYM) == (pytest.approx(2.0 / 127), 0)
+
+
+def test_batchnorm_folding_keeps_outputs():
+    gm, _ = to_graph_module(tiny_net(), SPEC)
+    x = torch.rand(4, 1, 28, 28)
+    before = gm(x)
+    assert fold_batchnorm(gm) == 1
+    assert not any(op_kind(n) == "batchnorm" for n in gm.graph.nodes)
+    torch.testing.assert_close(gm(x), before, atol=1e-5, rtol=1e-5)
+
+
+def _consumers_of_fake_quants(gm) -> dict[str, set[str]]:
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(node.target), FakeQuant) and node.target.startswith("aq_"):
+            out[node.target] = {op_kind(u) or u.op for u in node.users}
+    return out
+
+
+def test_tensorrt_rule_quantizes_inputs_of_weighted_ops_and_both_add_inputs():
+    from tinynet import ResTiny
+
+    gm, _ = to_graph_module(ResTiny().eval(), SPEC)
+    fold_batchnorm(gm)
+    placed = insert_fake_quants(gm, QuantScheme.from_target(load_target("jetson")))
+    consumers = _consumers_of_fake_quants(gm)
+    assert all(kinds <= {"conv", "linear", "add"} for kinds in consumers.values()), consumers
+    add = next(n for n in gm.graph.nodes if op_kind(n) == "add")
+    assert all(a.op == "call_module" and a.target.startswith("aq_") for a in add.args[:2])
+    assert {layer.kind for layer in placed.layers} == {"conv", "linear", "add"}
+    weights = [m for name, m in fake_quants(gm) if name.startswith("wq_")]
+    assert len(weights) == 4 and all(m.axis == 0 and m.scale.numel() > 1 for m in weights)
+
+
+def test_onnxruntime_rule_quantizes_outputs_after_the_activation():
+    from tinynet import ResTiny
+
+    gm, _ = to_graph_module(ResTiny().eval(), SPEC)
+    fold_batchnorm(gm)
+    insert_fake_quants(gm, QuantScheme.from_target(load_target("x86-cpu")))
+    quantized_producers = {n.args[0] for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("aq_")}
+    kinds = {op_kind(n) or n.op for n in quantized_producers}
+    assert "act" in kinds and "linear" in kinds and "pool" in kinds  # relu outputs, logits, pooled features
+    fused = {n.args[0] for n in gm.graph.nodes if op_kind(n) == "act" and op_kind(n.args[0]) == "conv"}
+    assert fused and not fused & quantized_producers  # Conv -> Relu -> Q, not Conv -> Q -> Relu
+
+
+def test_quantized_engine_end_to_end_x86(trained_res, tmp_path):
+    out = tmp_path / "run"
+    result = compress(trained_res, target="x86-cpu", calib="mnist", out=out, config=_config(tmp_path, "epochs = 1"))
+    quant = next(p for p in result.report["passes"] if p["name"] == "quantize")["metrics"]
+    verify = next(p for p in result.report["passes"] if p["name"] == "verify")["metrics"]
+    assert quant["teacher_metric"] > 0.9 and quant["qad_metric"] > quant["teacher_metric"] - 0.02
+    assert len(quant["sensitivity"]) == quant["quantized_layers"] >= 5
+    assert verify["precision"] == "int8" and verify["parity"]["top1_agreement"] >= 0.995
+
+    model = onnx.load(str(out / "model.onnx"))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) >= 2]
+    assert weights and all(w.dtype == np.int8 for w in weights)  # no float weights left in the file
+    assert all(np.abs(w).max() <= 63 for w in weights)  # 7-bit weights on x86 (see x86-cpu.toml)
+    biases = [i for i in model.graph.initializer if i.name.endswith("_int32")]
+    assert biases and all(i.data_type == onnx.TensorProto.INT32 for i in biases)
+
+    # What runs is onnxruntime's integer kernels, not float Conv + DequantizeLinear.
+    optimized = tmp_path / "optimized.onnx"
+    OrtRunner(out / "model.onnx", threads=1, optimized_path=optimized)
+    ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
+    assert ops.count("QLinearConv") == 3, ops
+
+
+def test_tensorrt_export_is_symmetric_per_channel_int8(trained_res, tmp_path):
+    out = tmp_path / "run"
+    # This test is about the file's form; a tiny 8-channel net loses a few points at int8, so the
+    # accuracy budget is widened here (the MNIST teacher is held to the real one in the bench).
+    profile = _profile(tmp_path, "jetson-orin-nano", **{"max_metric_drop = 0.01": "max_metric_drop = 0.1"})
+    compress(trained_res, target=str(profile), calib="mnist", out=out, config=_config(tmp_path, "epochs = 0"))
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
+    values = {**inits, **consts}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zero = values[node.input[2]]
+            assert zero.dtype == np.int8 and not zero.any(), node.name
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = next(n for n in model.graph.node if conv.input[1] in n.output)
+        assert dq.op_type == "DequantizeLinear" and values[dq.input[0]].dtype == np.int8
+        assert values[dq.input[1]].size == values[dq.input[0]].shape[0]  # one scale per output channel
+
+
+def test_calibration_smaller_than_one_batch_is_refused_before_training(trained_res, tmp_path):
+    recipe = tmp_path / "few.toml"
+    recipe.write_text('source = "mnist"\ncalibration_samples = 16\nholdout_samples = 100\n')
+    with pytest.raises(CompressError, match="fewer than one batch"):
+        compress(trained_res, calib=str(recipe), out=tmp_path / "run", config=_config(tmp_path))
+
+
+def test_collapsed_quantization_fails_with_the_sensitivity_table(trained_res, tmp_path):
+    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2"})
+    out = tmp_path / "run"
+    with pytest.raises(VerificationError, match="collapsed"):
+        compress(trained_res, target=str(profile), calib="mnist", out=out, config=_config(tmp_path, "epochs = 0"))
+    report = json.loads((out / "report.json").read_text())
+    quant = report["passes"][0]
+    assert quant["status"] == "failed" and len(quant["metrics"]["sensitivity"]) >= 5
+    assert not (out / "model.onnx").exists()
+
+
+def test_keep_float_leaves_the_most_sensitive_layers_unquantized(trained_res, tmp_path):
+    out = tmp_path / "run"
+    result = compress(trained_res, calib="mnist", out=out, config=_config(tmp_path, "epochs = 0\nkeep_float = 1"))
+    quant = result.report["passes"][0]["metrics"]
+    assert quant["kept_float"] == [quant["sensitivity"][0]["layer"]]
+    model = onnx.load(str(out / "model.onnx"))
+    float_weights = [i for i in model.graph.initializer if len(i.dims) >= 2 and i.data_type == onnx.TensorProto.FLOAT]
+    assert len(float_weights) <= 1
+
+
+def test_distillation_recovers_what_ptq_loses_without_labels(trained_res, tmp_path):
+    from compressor.datasets.mnist import load_mnist_split
+
+    x, _, _, _ = load_mnist_split(seed=0)
+    np.save(tmp_path / "digits.npy", x[:1200])  # no labels: teacher-only distillation
+    recipe = tmp_path / "unlabelled.toml"
+    recipe.write_text('source = "npy"\npath = "digits.npy"\ncalibration_samples = 1000\nholdout_samples = 200\n')
+    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 4", "max_metric_drop = 0.01": "max_metric_drop = 0.1"})
+    result = compress(trained_res, target=str(profile), calib=str(recipe), out=tmp_path / "run",
+                      config=_config(tmp_path, "epochs = 3\nlr = 0.001\npatience = 3"))
+    quant = result.report["passes"][0]["metrics"]
+    assert quant["qad_metric"] >= quant["ptq_metric"]
+    history = quant["qad_history"]
+    assert min(h["val_output_error"] for h in history[1:]) < 0.8 * history[0]["val_output_error"], history
