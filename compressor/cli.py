@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import CompressError
+from .progress import Progress
 
 
 class DefaultToRun(click.Group):
@@ -118,6 +119,33 @@ def targets_command():
     for p in profiles:
         aliases = f" (alias {', '.join(p.aliases)})" if p.aliases else ""
         click.echo(f"{p.name.ljust(width)}  {p.backend:<11}  {p.summary}{aliases}")
+
+
+@main.command("profile")
+@click.argument("engine", type=click.Path(path_type=Path))
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--per-layer", is_flag=True, help="Per-node breakdown (ONNX engines, onnxruntime's profiler).")
+@click.option("--json", "as_json", is_flag=True)
+def profile_command(engine, runs, threads, per_layer, as_json):
+    """Measure an engine's latency here (batch 1; a dynamic sequence length is timed at 128)."""
+    from .profile.engine import per_node, profile_engine
+
+    try:
+        result = profile_engine(engine, runs=runs, threads=threads, progress=Progress(as_json))
+        if per_layer:
+            if engine.suffix != ".onnx":
+                raise CompressError("--per-layer needs an ONNX engine (onnxruntime's profiler)")
+            result["per_layer"] = per_node(engine, runs=min(runs, 50), threads=threads)
+    except CompressError as e:
+        _fail(e, False)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{engine}: median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms over {result['runs']} runs, "
+               f"{threads} thread(s), inputs {result['input_shapes']}")
+    for row in result.get("per_layer", [])[:20]:
+        click.echo(f"  {row['mean_ms']:8.3f} ms  {row['op']:<16} {row['node']}")
 
 
 @main.command("inspect")

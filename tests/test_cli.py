@@ -85,3 +85,22 @@ def test_inspect(models):
     result = CliRunner().invoke(main, ["inspect", str(models["pt2_static"])])
     assert result.exit_code == 0
     assert "torch.export" in result.output and "batch:      static 1" in result.output
+
+
+def test_profile_measures_an_onnx_engine_with_a_per_layer_breakdown(models, tmp_path):
+    from compressor.export.onnx_export import export_onnx
+    from compressor.model_io import load_model
+
+    artifact = load_model(models["pt2"])
+    path = tmp_path / "tiny.onnx"
+    export_onnx(artifact.module, artifact.spec, path)
+    result = CliRunner().invoke(main, ["profile", str(path), "--runs", "20", "--per-layer", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["median_ms"] > 0 and report["input_shapes"] == [[1, 1, 28, 28]]
+    assert {row["op"] for row in report["per_layer"]} & {"Conv", "FusedConv", "Gemm"}
+
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"x")
+    result = CliRunner().invoke(main, ["profile", str(bad)])
+    assert result.exit_code == 2 and "unknown engine type" in result.output
