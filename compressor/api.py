@@ -185,11 +185,21 @@ def _prepare_run_dir(run_dir: Path, options: RunOptions, request: dict[str, Any]
 
 
 def _publish(final: Artifact, run_dir: Path) -> Path | None:
-    """Copy the engine (and what the backend says belongs beside it) to the run directory's top."""
+    """Copy the engine, and what its backend says belongs beside it (`meta["publish"]`: destination
+    name -> path relative to the engine's folder, "." for the whole folder), to the run directory."""
     if final.path is None or final.kind == MODULE:
         return None
-    for name in final.meta.get("publish", []):
-        write_atomic(run_dir / name, (final.path.parent / name).read_bytes())
+    publish = final.meta.get("publish", {})
+    for dest, relative in publish.items():
+        source = final.path.parent / relative
+        if source.is_dir():  # a self-contained engine folder (the C engine's sources and Makefile)
+            shutil.rmtree(run_dir / dest, ignore_errors=True)
+            shutil.copytree(source, run_dir / dest, ignore=shutil.ignore_patterns("build"))
+        else:
+            write_atomic(run_dir / dest, source.read_bytes())
+    folder = next((dest for dest, relative in publish.items() if relative == "."), None)
+    if folder is not None:
+        return run_dir / folder / final.path.name
     target = run_dir / ("model.onnx" if final.path.suffix == ".onnx" else final.path.name)
     write_atomic(target, final.path.read_bytes())
     return target

@@ -189,8 +189,8 @@ class PassManager:
             save_module(out.module, partial / "module.pt")
             out.path = folder / "module.pt"
             out.fingerprint = key
-        elif out.path is not None and out.path.parent == partial:
-            out.path = folder / out.path.name
+        elif out.path is not None and out.path.is_relative_to(partial):
+            out.path = folder / out.path.relative_to(partial)
         output_rel = str(out.path.relative_to(self.ctx.run_dir)) if out.path and out.path.is_relative_to(self.ctx.run_dir) else ""
         record = PassRecord(p.name, "ran", seconds, key, output_rel, result.metrics)
         manifest = {"key": key, "pass": p.name, "seconds": seconds, "metrics": result.metrics,

@@ -55,6 +55,18 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     low = _pass_metrics(report, "lower")
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
+    if "bit_exact" in low:
+        rows.append(("C engine", f"bit-exact across {', '.join(low['builds'])}: {low['bit_exact']}; "
+                                 f"top-1 vs onnxruntime {low['parity_ref']['top1_agreement'] * 100:.1f}%; "
+                                 f"arena {low['sizes']['arena_bytes']} B, weights {low['sizes']['weight_bytes']} B"))
+        if "instructions" in low:
+            i = low["instructions"]
+            rows.append(("RISC-V instructions", f"rv64gcv {i['rv64gcv']:,} vs rv64gc {i['rv64gc']:,} per inference "
+                                                f"({i['rvv_over_scalar']:.3f}x)"))
+        if "latency" in low:
+            lat = low["latency"]
+            rows.append(("C engine host latency", f"{lat['engine_host_ms']:.3f} ms vs onnxruntime int8 "
+                                                  f"{lat['ort_int8_ms']:.3f} ms ({lat['engine_over_ort']:.2f}x)"))
     if "integer_kernels" in low:
         rows.append(("onnxruntime kernels", f"{low['integer_kernels']} integer, {low['float_compute']} float compute"))
     v = _verify_metrics(report)
@@ -106,8 +118,8 @@ def markdown(report: dict[str, Any]) -> str:
         if q.get("float_ops"):
             lines.append(f"\nLeft in float by the scheme: {', '.join(q['float_ops'])}")
     low = _pass_metrics(report, "lower")
-    if low.get("instructions"):
-        lines += ["", "## Building the engine on the device", "", "```", low["instructions"].rstrip(), "```"]
+    if low.get("device_instructions"):
+        lines += ["", "## Building the engine on the device", "", "```", low["device_instructions"].rstrip(), "```"]
     for note in report.get("notes", []):
         lines.append(f"\n> {note}")
     lines += ["", "## Versions", ""] + [f"- {k}: {val}" for k, val in report["versions"].items()]

@@ -58,7 +58,7 @@ def minilm_run(minilm, tmp_path_factory):
     """One compress run of the real MiniLM on 64 held-out sentences, shared by the tests below."""
     folder = tmp_path_factory.mktemp("minilm")
     config = folder / "fast.toml"
-    config.write_text("[verify]\nlatency_runs = 10\nwarmup = 2\n")
+    config.write_text('passes = ["export", "verify"]\n[verify]\nlatency_runs = 10\nwarmup = 2\n')
     result = compress(minilm, target="x86-cpu", calib=str(text_recipe(folder)), out=folder / "run", config=config)
     return result
 
@@ -307,7 +307,7 @@ def test_minilm_sample_command_line(minilm, tmp_path):
 
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "compressor.cli", "--target", "x86-cpu", str(minilm), "--calib", "minilm",
-                           "--out", str(out), "--json", "--quiet"], capture_output=True, text=True, cwd=REPO)
+                           "--passes", "export,verify", "--out", str(out), "--json", "--quiet"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     verify = report["passes"][1]["metrics"]

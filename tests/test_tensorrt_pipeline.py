@@ -34,7 +34,7 @@ def _check_jetson_run(out, result):
     assert config["onnx"] == "model.onnx"  # the published folder is self-contained for the device
     assert "trtexec" in (out / "build_engine.sh").read_text()
     if not lower["engine_built"]:
-        assert "build_engine" in lower["instructions"]
+        assert "build_engine" in lower["device_instructions"]
 
 
 def test_jetson_pipeline_writes_lint_clean_qdq_and_build_recipe(trained_res, tmp_path):

@@ -10,12 +10,12 @@ from ..errors import CompressError
 BACKENDS: dict[str, str] = {
     "onnxruntime": "compressor.backends.onnxruntime",
     "tensorrt": "compressor.backends.tensorrt.backend",
+    "cengine": "compressor.backends.cengine.backend",
 }
 
 # Backends of the design whose issues have not landed yet: their profiles exist already.
 PLANNED: dict[str, str] = {
     "qnn": "the Snapdragon QNN backend",
-    "cengine": "the RISC-V C engine backend (issue #6)",
 }
 
 

@@ -99,6 +99,20 @@ def quantize_biases(g: _Graph) -> int:
     return done
 
 
+def constants_to_initializers(g: _Graph) -> int:
+    """The TorchScript exporter writes Q/DQ scales and zero points as Constant nodes; engines and
+    graph tools expect initializers (the form onnxruntime's own quantizer writes)."""
+    moved = 0
+    for node in [n for n in g.graph.node if n.op_type == "Constant"]:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if value is None:
+            continue
+        g.add_init(numpy_helper.to_array(value.t), node.output[0])
+        g.graph.node.remove(node)
+        moved += 1
+    return moved
+
+
 def _drop_unused(g: _Graph) -> None:
     used = {i for n in g.graph.node for i in n.input} | {o.name for o in g.graph.output}
     for init in list(g.graph.initializer):
@@ -109,6 +123,7 @@ def _drop_unused(g: _Graph) -> None:
 def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128, 127)) -> dict[str, int]:
     """Rewrite `path` in place (atomically) with int8 weight initializers and, if asked, int32 biases."""
     model = onnx.load(str(path))
+    constants_to_initializers(_Graph(model))
     g = _Graph(model)
     stats = {"int8_weights": fold_weight_quantizers(g, weight_range)}
     g = _Graph(model)  # producers changed

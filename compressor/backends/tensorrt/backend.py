@@ -14,10 +14,10 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     lowered = lower_onnx(artifact.path, workdir, ctx.target.data, shapes, strict=config.strict)
     built = lowered.engine is not None
     path = lowered.engine if built else lowered.onnx_path
-    publish = [p.name for p in lowered.scripts] + [lowered.onnx_path.name]
+    publish = {name: name for name in [p.name for p in lowered.scripts] + [lowered.onnx_path.name]}
     meta = {**artifact.meta, "engine_built": built, "onnx": lowered.onnx_path.name, "publish": publish}
     metrics = {"engine_built": built, "autofix": lowered.changes,
-               "violations": [vars(v) for v in lowered.violations], "instructions": lowered.instructions,
+               "violations": [vars(v) for v in lowered.violations], "device_instructions": lowered.instructions,
                "scripts": [p.name for p in lowered.scripts]}
     if not built:
         ctx.progress.log("  TensorRT is not installed here: the engine is built on the device with "

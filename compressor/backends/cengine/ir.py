@@ -1,0 +1,123 @@
+"""The engine's intermediate representation: buffers and the ops that read and write them.
+
+A `Buf` is one tensor of the engine, int8 (with its per-tensor scale and zero point) or float32.
+Buffers live in the static arena unless they are the user's input or output (`external`), and
+several buffers may share storage (`alias`: Reshape/Flatten views, in-place element-wise ops).
+An `Op` is one kernel call; it knows how to print itself as C once the memory plan has given
+every buffer an address.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+ESIZE = {"i8": 1, "f32": 4}
+CTYPE = {"i8": "int8_t", "f32": "float"}
+
+
+@dataclass(eq=False)
+class Buf:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "i8"  # "i8" | "f32"
+    scale: float = 1.0
+    zp: int = 0
+    external: str | None = None  # "in" | "out" (user memory) | "const:<array>": not in the arena
+    alias: Buf | None = None  # storage shared with this buffer (same bytes)
+    onnx: str = ""  # the ONNX tensor it holds (for traces)
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ESIZE[self.dtype]
+
+    def root(self) -> Buf:
+        b = self
+        while b.alias is not None:
+            b = b.alias
+        return b
+
+    def same_quant(self, scale: float, zp: int) -> bool:
+        return self.dtype == "i8" and int(self.zp) == int(zp) and np.float32(self.scale) == np.float32(scale)
+
+
+@dataclass(eq=False)
+class Op:
+    kind: str  # short kernel name for reports: conv, dwconv, gemm, add, ...
+    inputs: list[Buf]
+    outputs: list[Buf]
+    emit: Callable[["EmitContext"], list[str]]  # C statements (after memory planning)
+    node: str = ""  # the ONNX node(s) it comes from, for comments
+    scratch: int = 0  # bytes of temporary memory the kernel needs
+    inplace: int | None = None  # index of an input whose storage the output may reuse
+    macs: int = 0
+    params: dict = field(default_factory=dict)  # tunables set after lowering (e.g. conv ntile)
+
+
+@dataclass
+class Graph:
+    ops: list[Op] = field(default_factory=list)
+    consts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # (cname, ctype, data)
+    input: Buf | None = None
+    output: Buf | None = None
+    input_name: str = ""
+    output_name: str = ""
+    input_quant: tuple[float, int] | None = None  # (scale, zp) the engine quantizes its input with
+    output_quant: tuple[float, int] | None = None  # (scale, zp) of the int8 tensor behind the output
+
+    def const(self, prefix: str, ctype: str, data) -> str:
+        name = f"{prefix}_{len(self.consts)}"
+        arr = np.ascontiguousarray(np.asarray(data))
+        self.consts.append((name, ctype, arr.reshape(-1)))
+        return name
+
+    @property
+    def weight_bytes(self) -> int:
+        return int(sum(a.size * _csize(t) for _, t, a in self.consts))
+
+    @property
+    def macs(self) -> int:
+        return int(sum(op.macs for op in self.ops))
+
+
+def _csize(ctype: str) -> int:
+    return {"int8_t": 1, "int32_t": 4, "float": 4}[ctype]
+
+
+class EmitContext:
+    """What an op needs to print its C call: pointers to its buffers and a place for structs."""
+
+    def __init__(self, offsets: dict[int, int], arena_name: str, scratch: dict[int, int]):
+        self.offsets = offsets  # id(root buf) -> arena offset
+        self.arena = arena_name
+        self.scratch_offsets = scratch  # id(op) -> arena offset of its scratch
+        self.decls: list[str] = []  # file-scope declarations (const structs)
+        self._n = 0
+
+    def ptr(self, buf: Buf) -> str:
+        r = buf.root()
+        ctype = CTYPE[buf.dtype]
+        if r.external == "in":
+            return f"(({ctype} *)in)"
+        if r.external == "out":
+            return f"(({ctype} *)out)"
+        if r.external and r.external.startswith("const:"):
+            return f"(({ctype} *){r.external[6:]})"
+        return f"(({ctype} *)({self.arena} + {self.offsets[id(r)]}))"
+
+    def scratch(self, op: Op) -> str:
+        if not op.scratch:
+            return "(int8_t *)0"
+        return f"({self.arena} + {self.scratch_offsets[id(op)]})"
+
+    def decl(self, prefix: str, text_fn: Callable[[str], str]) -> str:
+        name = f"{prefix}{self._n}"
+        self._n += 1
+        self.decls.append(text_fn(name))
+        return name

@@ -1,0 +1,492 @@
+"""Lowering: a QDQ ONNX graph -> the engine IR (`ir.Graph`).
+
+Every ONNX tensor name is bound to a *value*:
+
+* `QV(buf)`: a float tensor that equals ``(buf - buf.zp) * buf.scale`` exactly, for an int8
+  buffer: the output of a DequantizeLinear of an activation, or a view of one (Reshape, MaxPool
+  and friends move int8 values without changing them);
+* `FV(buf)`: a float32 buffer (graph input, Softmax/LayerNorm/GELU results, ...);
+* `WV`: an integer initializer behind a DequantizeLinear (weights, int32 bias);
+* `CV`: a constant (initializers, Constant nodes, folded shape arithmetic).
+
+Nodes are visited in topological order and dispatched through the handler registry in
+`ops.py`. A compute node whose result is not exactly representable (Conv, Gemm, Add, pools)
+looks ahead for the QuantizeLinear that consumes its output (optionally through a Relu/Clip,
+which becomes the clamp range of the requantization): that is the DQ -> op -> Q pattern, and the
+Q (and the activation) are fused into the kernel. A QuantizeLinear of a float value becomes a
+quantize kernel; of a QV with the same parameters, nothing; with other parameters, a requantize.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from compressor.errors import CompressError
+
+from .fixedpoint import quantize_value
+from .ir import Buf, Graph, Op
+
+
+VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+# ops that commute with QuantizeLinear (they move or select values): a Q after them can be
+# applied before them instead
+COMMUTING_OPS = VIEW_OPS + ("Transpose", "MaxPool")
+
+
+class Unsupported(Exception):
+    """The node cannot be lowered; the message says why."""
+
+
+# ---- values -------------------------------------------------------------------------------
+@dataclass(eq=False)
+class QV:
+    buf: Buf
+
+
+@dataclass(eq=False)
+class FV:
+    buf: Buf
+
+
+@dataclass(eq=False)
+class WV:
+    q: np.ndarray  # integer values (int8 weights or int32 bias)
+    scale: np.ndarray  # float64, shape () or (n,)
+    zp: np.ndarray
+    axis: int
+
+    def dequant(self) -> np.ndarray:
+        q = self.q.astype(np.float64)
+        if self.scale.ndim == 0 or self.scale.size == 1:
+            return ((q - self.zp.reshape(-1)[0]) * self.scale.reshape(-1)[0]).astype(np.float32)
+        shp = [1] * q.ndim
+        shp[self.axis] = -1
+        return ((q - self.zp.reshape(shp)) * self.scale.reshape(shp)).astype(np.float32)
+
+
+@dataclass(eq=False)
+class CV:
+    arr: np.ndarray
+
+
+@dataclass
+class Sink:
+    """Where a fused op writes: the int8 quantization of its consumer Q (and activation clamp)."""
+
+    scale: float
+    zp: int
+    lo: int
+    hi: int
+    names: list[str]  # ONNX names bound to the int8 result
+    consumed: list[onnx.NodeProto] = field(default_factory=list)
+    shape: tuple[int, ...] | None = None  # shape at the Q when shape-only ops sit before it
+
+
+def c_ident(name: str) -> str:
+    s = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or "t"
+    return s if not s[0].isdigit() else "t" + s
+
+
+# ---- model preparation --------------------------------------------------------------------
+def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Copy, fix the batch (and any other symbolic input dimension) to 1, infer all shapes."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name for i in m.graph.initializer}
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                d.Clear()
+                d.dim_value = 1
+    del m.graph.value_info[:]
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - report as a user error
+        raise CompressError(f"ONNX shape inference failed: {e}") from e
+    _fill_shapes_with_onnxruntime(m)
+    return m
+
+
+def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> None:
+    """Shapes ONNX inference could not resolve (shape arithmetic, Expand, Where, ...): run the
+    model once with onnxruntime on zero inputs and read every intermediate tensor's shape."""
+    known = {vi.name for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)
+             if vi.type.tensor_type.HasField("shape")
+             and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
+    known |= {i.name for i in m.graph.initializer}
+    missing = [o for n in m.graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return
+    try:
+        import onnxruntime as ort
+        from onnx import helper
+
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        del probe.graph.output[:]
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in missing)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        inits = {i.name for i in m.graph.initializer}
+        feeds = {}
+        for vi in m.graph.input:
+            if vi.name in inits:
+                continue
+            t = vi.type.tensor_type
+            dt = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
+            feeds[vi.name] = np.zeros([d.dim_value for d in t.shape.dim], dt)
+        outs = sess.run(None, feeds)
+    except Exception:  # noqa: BLE001 - shapes stay unknown; the handlers report it
+        return
+    for name, arr in zip(missing, outs):
+        arr = np.asarray(arr)
+        m.graph.value_info.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+# ---- the lowering pass --------------------------------------------------------------------
+class Lowering:
+    def __init__(self, model: onnx.ModelProto, name: str = "model"):
+        self.model = prepare_model(model)
+        self.name = name
+        self.g = Graph()
+        self.val: dict[str, object] = {}
+        self.errors: list[tuple[str, str, str]] = []  # (op_type, node name, reason)
+        self.structure_errors: list[str] = []  # model-level limits (inputs/outputs)
+        self.skip: set[int] = set()
+        self._deq: dict[int, Buf] = {}
+        self._names: set[str] = set()
+        g = self.model.graph
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, int] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            t = vi.type.tensor_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                self.shapes[vi.name] = tuple(int(d.dim_value) for d in t.shape.dim)
+            self.dtypes[vi.name] = t.elem_type
+        self.inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for n in g.node:
+            for o in n.output:
+                self.producer[o] = n
+        self.live = self._live_nodes()
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.live:
+            for i in n.input:
+                if i:
+                    self.consumers.setdefault(i, []).append(n)
+        self.graph_outputs = [o.name for o in g.output]
+
+    def _live_nodes(self) -> list[onnx.NodeProto]:
+        g = self.model.graph
+        need = {o.name for o in g.output}
+        live = set()
+        for n in reversed(list(g.node)):
+            if any(o in need for o in n.output):
+                live.add(id(n))
+                need.update(i for i in n.input if i)
+        return [n for n in g.node if id(n) in live]
+
+    # -- helpers used by handlers --
+    def shape(self, name: str) -> tuple[int, ...]:
+        v = self.val.get(name)
+        if isinstance(v, (QV, FV)):
+            return v.buf.shape
+        if isinstance(v, CV):
+            return tuple(v.arr.shape)
+        if name in self.shapes:
+            return self.shapes[name]
+        raise Unsupported(f"unknown shape of tensor '{name}'")
+
+    def unique(self, base: str) -> str:
+        base = c_ident(base)[:48]
+        name, i = base, 1
+        while name in self._names:
+            name = f"{base}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def new_buf(self, onnx_name: str, shape, dtype="i8", scale=1.0, zp=0) -> Buf:
+        return Buf(self.unique(onnx_name), tuple(int(s) for s in shape), dtype, float(scale), int(zp),
+                   onnx=onnx_name)
+
+    def value(self, name: str):
+        if name not in self.val:
+            raise Unsupported(f"input '{name}' is not available")
+        return self.val[name]
+
+    def q_input(self, name: str) -> Buf:
+        """An int8 input: a QV, or a per-tensor quantized constant (becomes a const array)."""
+        v = self.value(name)
+        if isinstance(v, QV):
+            return v.buf
+        if isinstance(v, WV) and v.q.dtype == np.int8 and v.scale.size == 1:
+            cname = self.g.const("qc", "int8_t", v.q.astype(np.int8))
+            return Buf(cname, tuple(v.q.shape), "i8", float(v.scale.reshape(-1)[0]),
+                       int(v.zp.reshape(-1)[0]), external="const:" + cname)
+        raise Unsupported(f"input '{name}' is not quantized (no DequantizeLinear of an int8 tensor)")
+
+    def f_input(self, name: str) -> Buf:
+        """A float input: FV as is, QV through a (cached) dequantize kernel."""
+        v = self.value(name)
+        if isinstance(v, FV):
+            return v.buf
+        if isinstance(v, QV):
+            b = v.buf
+            key = id(b)
+            if key not in self._deq or not (self._deq[key].scale == b.scale):
+                fb = self.new_buf(b.name + "_f", b.shape, "f32")
+                n = b.numel
+                self.add_op(Op("dequantize", [b], [fb], lambda c, b=b, fb=fb, n=n: [
+                    f"ce_dequantize_i8({n}, {c.ptr(b)}, {flt(b.scale)}, {b.zp}, {c.ptr(fb)});"]))
+                self._deq[key] = fb
+            return self._deq[key]
+        raise Unsupported(f"input '{name}' is a constant where an activation is expected")
+
+    def const(self, name: str) -> np.ndarray:
+        v = self.value(name)
+        if isinstance(v, CV):
+            return v.arr
+        if isinstance(v, WV):
+            return v.dequant()
+        raise Unsupported(f"input '{name}' must be a constant")
+
+    def weight(self, name: str) -> WV:
+        v = self.value(name)
+        if isinstance(v, WV):
+            return v
+        if isinstance(v, CV):
+            raise Unsupported(f"weight '{name}' is float (not quantized to int8 with DequantizeLinear)")
+        raise Unsupported(f"weight '{name}' is not a constant")
+
+    def add_op(self, op: Op) -> Op:
+        self.g.ops.append(op)
+        return op
+
+    def bind(self, names, value) -> None:
+        for n in names if isinstance(names, (list, tuple)) else [names]:
+            self.val[n] = value
+
+    def sink(self, name: str, required: bool = True) -> Sink | None:
+        """The QuantizeLinear consuming `name` (through at most one Relu/Clip), if any."""
+        if name in self.graph_outputs:
+            if required:
+                raise Unsupported("its float output is a graph output (no QuantizeLinear after it)")
+            return None
+        cons = self.data_consumers(name)
+        lo_real, hi_real, act = None, None, None
+        views: list[onnx.NodeProto] = []
+        # shape-only ops between the op and its QuantizeLinear (e.g. ReduceMean -> Reshape -> Q)
+        while (len(cons) == 1 and cons[0].op_type in VIEW_OPS and cons[0].output[0] not in self.graph_outputs
+               and len(views) < 4):
+            views.append(cons[0])
+            cons = self.data_consumers(cons[0].output[0])
+        if views and not (cons and all(c.op_type == "QuantizeLinear" for c in cons)):
+            views, cons = [], self.data_consumers(name)
+        if len(cons) == 1 and cons[0].op_type in ("Relu", "Clip") and cons[0].output[0] not in self.graph_outputs:
+            act = cons[0]
+            if act.op_type == "Relu":
+                lo_real, hi_real = 0.0, None
+            else:
+                lo_real, hi_real = self._clip_range(act)
+            cons = self.data_consumers(act.output[0])
+        if cons and all(c.op_type == "QuantizeLinear" for c in cons):
+            params = [self._q_params(c) for c in cons]
+            s, z = params[0]
+            if all(np.float32(p[0]) == np.float32(s) and p[1] == z for p in params):
+                lo, hi = -128, 127
+                if lo_real is not None:
+                    lo = max(lo, quantize_value(lo_real, s, z))
+                if hi_real is not None:
+                    hi = min(hi, quantize_value(hi_real, s, z))
+                consumed = views + ([act] if act is not None else []) + list(cons)
+                shape = self.shapes.get(views[-1].output[0]) if views else None
+                if views and shape is None:
+                    raise Unsupported("unknown shape after a Reshape")
+                return Sink(float(s), int(z), lo, hi, [c.output[0] for c in cons], consumed, shape)
+        far = self._far_quantizer(name)
+        if far is not None:  # Q after data-movement ops: quantize here, the moves stay int8
+            s, z = far
+            return Sink(float(s), int(z), -128, 127, [name], [])
+        if required:
+            raise Unsupported("its output is not quantized (expected DQ -> op -> QuantizeLinear)")
+        return None
+
+    def data_consumers(self, name: str) -> list[onnx.NodeProto]:
+        """Consumers that read the values (Shape only reads the static shape)."""
+        return [c for c in self.consumers.get(name, []) if c.op_type != "Shape"]
+
+    def _far_quantizer(self, name: str) -> tuple[float, int] | None:
+        """(scale, zp) of a QuantizeLinear reached from `name` through ops that commute with it."""
+        for _ in range(8):
+            if name in self.graph_outputs:
+                return None
+            cons = self.data_consumers(name)
+            if len(cons) != 1:
+                return None
+            c = cons[0]
+            if c.op_type == "QuantizeLinear":
+                return self._q_params(c)
+            if c.op_type not in COMMUTING_OPS:
+                return None
+            name = c.output[0]
+        return None
+
+    def use_sink(self, sink: Sink, buf: Buf) -> None:
+        for n in sink.consumed:
+            self.skip.add(id(n))
+        if sink.shape is not None and tuple(sink.shape) != buf.shape:
+            buf = Buf(self.unique(sink.names[0] + "_view"), tuple(sink.shape), "i8", buf.scale, buf.zp, alias=buf)
+        self.bind(sink.names, QV(buf))
+
+    def _q_params(self, qnode: onnx.NodeProto) -> tuple[float, int]:
+        if len(qnode.input) < 2 or not qnode.input[1]:
+            raise Unsupported("QuantizeLinear without a scale")
+        s = self.const(qnode.input[1])
+        z = self.const(qnode.input[2]) if len(qnode.input) > 2 and qnode.input[2] else np.zeros((), np.int8)
+        if s.size != 1:
+            raise Unsupported("per-channel activation quantization (per-tensor expected)")
+        if z.dtype != np.int8:
+            raise Unsupported(f"activation QuantizeLinear to {z.dtype} (int8 expected)")
+        return float(s.reshape(-1)[0]), int(z.reshape(-1)[0])
+
+    def _clip_range(self, node: onnx.NodeProto) -> tuple[float | None, float | None]:
+        lo = _attr(node, "min")
+        hi = _attr(node, "max")
+        if len(node.input) > 1 and node.input[1]:
+            lo = float(self.const(node.input[1]).reshape(-1)[0])
+        if len(node.input) > 2 and node.input[2]:
+            hi = float(self.const(node.input[2]).reshape(-1)[0])
+        return lo, hi
+
+    # -- driver --
+    def run(self) -> Graph:
+        from .ops import HANDLERS, fold_constant
+
+        g = self.model.graph
+        ins = [i for i in g.input if i.name not in self.inits]
+        for name, arr in self.inits.items():
+            self.val[name] = CV(arr)
+        if len(ins) != 1 or len(g.output) != 1:
+            self.structure_errors.append(
+                f"the C engine takes one input and one output; the model has {len(ins)} input(s) "
+                f"({', '.join(i.name for i in ins)}) and {len(g.output)} output(s)")
+        for extra in ins[1:]:  # placeholders so the nodes behind them are still checked
+            self.val[extra.name] = FV(self.new_buf(extra.name, self.shapes.get(extra.name, (1,)), "f32"))
+        inp = ins[0]
+        elem = inp.type.tensor_type.elem_type
+        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8):
+            self.structure_errors.append(
+                f"model input '{inp.name}' has type {onnx.TensorProto.DataType.Name(elem)}; float32 or int8 expected")
+        ib = Buf(self.unique("input"), self.shapes[inp.name],
+                 "i8" if elem == onnx.TensorProto.INT8 else "f32", external="in")
+        self.g.input, self.g.input_name = ib, inp.name
+        self.val[inp.name] = FV(ib) if ib.dtype == "f32" else QV(ib)
+        self._raw_int8_input = ib.dtype == "i8"
+
+        self._poisoned: set[str] = set()
+        for node in self.live:
+            if id(node) in self.skip:
+                continue
+            after_failure = any(i in self._poisoned for i in node.input)
+            try:
+                ins_v = [self.val.get(i) for i in node.input if i]
+                if node.op_type not in ("DequantizeLinear", "QuantizeLinear", "Shape") and ins_v and all(
+                        isinstance(v, CV) for v in ins_v):
+                    fold_constant(self, node)
+                    continue
+                handler = HANDLERS.get(node.op_type)
+                if handler is None:
+                    raise Unsupported("no C engine kernel for this op")
+                handler(self, node)
+            except (Unsupported, ValueError, IndexError, KeyError, TypeError) as e:
+                why = str(e) if isinstance(e, Unsupported) else f"cannot lower it ({type(e).__name__}: {e})"
+                if after_failure and node.op_type in HANDLERS:
+                    # behind a failed node: retry with int8 placeholders for its outputs, so only
+                    # problems of this node itself are reported
+                    why = self._retry_with_placeholders(node, HANDLERS[node.op_type])
+                if why:
+                    self.errors.append((node.op_type, node.name or node.output[0], why))
+                self._poison(node)
+        if self.errors or self.structure_errors:
+            return self.g
+        self._bind_output()
+        return self.g
+
+    def _retry_with_placeholders(self, node: onnx.NodeProto, handler) -> str | None:
+        saved = {i: self.val.get(i) for i in node.input if i in self._poisoned}
+        n_ops, n_consts, skip = len(self.g.ops), len(self.g.consts), set(self.skip)
+        for i in saved:
+            shape = self.shapes.get(i) or (saved[i].buf.shape if isinstance(saved[i], (QV, FV)) else (1,))
+            self.val[i] = QV(Buf(self.unique(i + "_placeholder"), tuple(shape), "i8", 1.0, 0))
+        try:
+            handler(self, node)
+            why = None
+        except (Unsupported, ValueError, IndexError, KeyError, TypeError) as e:
+            why = str(e) if isinstance(e, Unsupported) else f"cannot lower it ({type(e).__name__}: {e})"
+        del self.g.ops[n_ops:]
+        del self.g.consts[n_consts:]
+        self.skip = skip
+        self.val.update(saved)
+        return why
+
+    def _poison(self, node: onnx.NodeProto) -> None:
+        """Give a failed node's outputs placeholder float values so later nodes still get checked."""
+        for o in node.output:
+            if o:
+                self._poisoned.add(o)
+            if o and o not in self.val:
+                shape = self.shapes.get(o, (1,))
+                self.val[o] = FV(self.new_buf(o, shape, "f32"))
+
+    def _bind_output(self) -> None:
+        name = self.graph_outputs[0]
+        self.g.output_name = name
+        v = self.val.get(name)
+        if isinstance(v, QV):
+            b = v.buf
+            ob = Buf(self.unique("output"), b.shape, "f32", b.scale, b.zp, external="out")
+            n = b.numel
+            self.add_op(Op("dequantize", [b], [ob], lambda c, b=b, ob=ob, n=n: [
+                f"ce_dequantize_i8({n}, {c.ptr(b)}, {flt(b.scale)}, {b.zp}, {c.ptr(ob)});"]))
+            self.g.output = ob
+            self.g.output_quant = (b.scale, b.zp)
+        elif isinstance(v, FV):
+            b = v.buf
+            r = b.root()
+            if r.external is None and r.nbytes == b.nbytes:
+                r.external = "out"
+                self.g.output = b
+            else:
+                ob = Buf(self.unique("output"), b.shape, "f32", external="out")
+                self.add_op(Op("copy", [b], [ob], lambda c, b=b, ob=ob: [
+                    f"memcpy({c.ptr(ob)}, {c.ptr(b)}, {b.nbytes});"]))
+                self.g.output = ob
+            self.g.output_quant = None
+        else:
+            raise CompressError(f"graph output '{name}' is a constant")
+
+
+def flt(x: float) -> str:
+    """An exact C float literal."""
+    f = float(np.float32(x))
+    if np.isinf(f):
+        return "INFINITY" if f > 0 else "-INFINITY"
+    return f"{f.hex()}f" if f != 0 else "0.0f"

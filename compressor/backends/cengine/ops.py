@@ -1,0 +1,725 @@
+"""Op handlers: one function per ONNX op type (a registry, not an if-chain).
+
+Each handler reads its inputs' values from the `Lowering`, appends `ir.Op`s (kernel calls) and
+binds its outputs. A handler raises `Unsupported` with a reason when it cannot lower the node;
+the lowering collects every such node so the user sees them all at once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from .fixedpoint import quantize_multiplier, quantize_multipliers, quantize_value, small_multipliers
+from .ir import Buf, Op
+from .lower import CV, FV, QV, WV, Lowering, Unsupported, _attr, flt
+
+HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], None]] = {}
+
+
+def handler(*op_types: str):
+    def deco(fn):
+        for t in op_types:
+            HANDLERS[t] = fn
+        return fn
+
+    return deco
+
+
+def supported_op_types() -> list[str]:
+    return sorted(HANDLERS)
+
+
+def _i32(xs) -> str:
+    return ", ".join(str(int(x)) for x in xs)
+
+
+# ---- constants --------------------------------------------------------------------------------
+def fold_constant(L: Lowering, node: onnx.NodeProto) -> None:
+    """Evaluate a node whose inputs are all constants (shape arithmetic) with ONNX's reference."""
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {i: L.val[i].arr for i in node.input if i}
+    opset = [o for o in L.model.opset_import]
+    graph = onnx.helper.make_graph(
+        [node], "fold",
+        [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for i, a in feeds.items()],
+        [onnx.helper.make_empty_tensor_value_info(o) for o in node.output if o])
+    try:
+        model = onnx.helper.make_model(graph, opset_imports=opset)
+        outs = ReferenceEvaluator(model).run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        raise Unsupported(f"cannot fold constant {node.op_type}: {e}") from e
+    for name, arr in zip([o for o in node.output if o], outs):
+        L.val[name] = CV(np.asarray(arr))
+
+
+@handler("Constant")
+def constant(L: Lowering, node):
+    for a in node.attribute:
+        if a.name == "value":
+            L.bind(node.output[0], CV(onnx.numpy_helper.to_array(a.t)))
+            return
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            v = onnx.helper.get_attribute_value(a)
+            dt = np.float32 if "float" in a.name else np.int64
+            L.bind(node.output[0], CV(np.asarray(v, dt)))
+            return
+    raise Unsupported("Constant without a tensor value")
+
+
+@handler("Shape")
+def shape_op(L: Lowering, node):
+    shp = np.asarray(L.shape(node.input[0]), np.int64)
+    start, end = _attr(node, "start", 0), _attr(node, "end", None)
+    L.bind(node.output[0], CV(shp[start:end]))
+
+
+# ---- quantize / dequantize ------------------------------------------------------------------
+@handler("DequantizeLinear")
+def dequantize_linear(L: Lowering, node):
+    v = L.value(node.input[0])
+    scale = L.const(node.input[1]).astype(np.float64)
+    zp = (L.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8))
+    axis = _attr(node, "axis", 1)
+    if isinstance(v, WV):  # Q -> DQ of a constant: the quantized constant itself
+        L.bind(node.output[0], v)
+        return
+    if isinstance(v, CV):
+        q = v.arr
+        if q.dtype not in (np.int8, np.uint8, np.int32):
+            raise Unsupported(f"DequantizeLinear of a {q.dtype} initializer")
+        if q.dtype == np.uint8:
+            raise Unsupported("uint8 weights (int8 symmetric weights expected)")
+        L.bind(node.output[0], WV(q, scale, zp.astype(np.int64), axis % max(q.ndim, 1)))
+        return
+    if isinstance(v, QV):
+        b = v.buf
+        if scale.size != 1:
+            raise Unsupported("per-channel activation dequantization")
+        s, z = float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
+        if zp.dtype != np.int8:
+            raise Unsupported(f"{zp.dtype} activations (int8 expected)")
+        if b.same_quant(s, z):
+            L.bind(node.output[0], QV(b))
+        else:  # the same bytes read with other parameters
+            L.bind(node.output[0], QV(Buf(L.unique(b.name + "_v"), b.shape, "i8", s, z, alias=b)))
+        return
+    raise Unsupported("DequantizeLinear of a float tensor")
+
+
+@handler("QuantizeLinear")
+def quantize_linear(L: Lowering, node):
+    v = L.value(node.input[0])
+    s, z = L._q_params(node)
+    out = node.output[0]
+    if isinstance(v, FV):
+        fb = v.buf
+        qb = L.new_buf(out, fb.shape, "i8", s, z)
+        n = fb.numel
+        L.add_op(Op("quantize", [fb], [qb], lambda c: [
+            f"ce_quantize_f32({n}, {c.ptr(fb)}, {flt(s)}, {z}, {c.ptr(qb)});"], node=node.name))
+        if fb.root().external == "in":
+            L.g.input_quant = (s, z)
+        L.bind(out, QV(qb))
+    elif isinstance(v, QV):
+        x = v.buf
+        if x.same_quant(s, z):
+            L.bind(out, QV(x))
+        else:
+            L.bind(out, QV(_requant(L, x, s, z, -128, 127, out, node.name)))
+    elif isinstance(v, (CV, WV)):
+        arr = v.arr if isinstance(v, CV) else v.dequant()
+        q = np.clip(np.rint(arr.astype(np.float32) / np.float32(s)) + z, -128, 127).astype(np.int8)
+        L.bind(out, WV(q, np.asarray(s, np.float64), np.asarray(z, np.int64), 0))
+    else:
+        raise Unsupported("QuantizeLinear of an unsupported value")
+
+
+def _requant(L: Lowering, x: Buf, s: float, z: int, lo: int, hi: int, name: str, node_name: str) -> Buf:
+    """int8 -> int8 with other quantization parameters (and a clamp range)."""
+    (m,), shift = small_multipliers([x.scale / s])
+    y = L.new_buf(name, x.shape, "i8", s, z)
+    n = x.numel
+    L.add_op(Op("requant", [x], [y], lambda c: [
+        f"ce_requant_q8({n}, {c.ptr(x)}, {x.zp}, {m}, {shift}, {c.ptr(y)}, {z}, {lo}, {hi});"],
+        node=node_name, inplace=0))
+    return y
+
+
+# ---- convolution ------------------------------------------------------------------------------
+def _conv_pads(node, in_hw, k, s, d):
+    pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = [0, 0, 0, 0]
+        for i in range(2):
+            out = -(-in_hw[i] // s[i])
+            total = max(0, (out - 1) * s[i] + (k[i] - 1) * d[i] + 1 - in_hw[i])
+            small, big = total // 2, total - total // 2
+            pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+    elif auto == "VALID":
+        pads = [0, 0, 0, 0]
+    return pads
+
+
+def _bias_int(L: Lowering, name: str | None, m: int, real_scale: np.ndarray) -> np.ndarray:
+    """int32 bias in units of in_scale * w_scale[c]."""
+    if not name:
+        return np.zeros(m, np.int64)
+    v = L.value(name)
+    if isinstance(v, WV) and v.q.dtype == np.int32:
+        bs = np.broadcast_to(v.scale.reshape(-1), (m,)).astype(np.float64)
+        q = v.q.reshape(-1).astype(np.int64) - np.broadcast_to(v.zp.reshape(-1), (m,))
+        if np.allclose(bs, real_scale, rtol=1e-6, atol=0):
+            return q
+        return np.rint(q * bs / real_scale).astype(np.int64)
+    real = L.const(name).reshape(-1).astype(np.float64)
+    return np.rint(np.broadcast_to(real, (m,)) / real_scale).astype(np.int64)
+
+
+def _channel_scales(w: WV, m: int, axis: int) -> np.ndarray:
+    if np.any(w.zp != 0):
+        raise Unsupported("asymmetric weights (weight zero point must be 0)")
+    if w.q.dtype != np.int8:
+        raise Unsupported(f"{w.q.dtype} weights (int8 expected)")
+    sc = w.scale.reshape(-1).astype(np.float64)
+    if sc.size == 1:
+        return np.full(m, sc[0])
+    if w.axis != axis or sc.size != m:
+        raise Unsupported("weights quantized per channel along an axis other than the output channels")
+    return sc
+
+
+def _check_range(acc_bound: np.ndarray, real_m: np.ndarray) -> None:
+    if np.any(acc_bound * real_m >= 2.0**30) or np.any(acc_bound >= 2.0**31):
+        raise Unsupported("accumulator range too large for 32-bit requantization")
+
+
+@handler("Conv")
+def conv(L: Lowering, node):
+    w = L.weight(node.input[1])
+    x = L.q_input(node.input[0])
+    if len(x.shape) != 4 or w.q.ndim != 4:
+        raise Unsupported("only 2-D convolutions (NCHW) are supported")
+    M, cg, kh, kw = (int(d) for d in w.q.shape)
+    _, C, H, W = x.shape
+    groups = int(_attr(node, "group", 1))
+    s = list(_attr(node, "strides", [1, 1]))
+    d = list(_attr(node, "dilations", [1, 1]))
+    pads = _conv_pads(node, (H, W), (kh, kw), s, d)
+    out_shape = L.shape(node.output[0])
+    if cg * groups != C or M % groups:
+        raise Unsupported("inconsistent group count")
+    if kw > 64:
+        raise Unsupported("kernels wider than 64")
+    Ho, Wo = int(out_shape[2]), int(out_shape[3])
+    sink = L.sink(node.output[0])
+    ws = _channel_scales(w, M, 0)
+    real_scale = x.scale * ws
+    bias = _bias_int(L, node.input[2] if len(node.input) > 2 else None, M, real_scale)
+    wq = w.q.astype(np.int8)
+    wsum = wq.reshape(M, -1).astype(np.int64).sum(1)
+    bias_c = bias - x.zp * wsum
+    real_m = real_scale / sink.scale
+    _check_range(255.0 * np.abs(wq.reshape(M, -1).astype(np.int64)).sum(1) + np.abs(bias), real_m)
+    if np.any(np.abs(bias_c) >= 2**31):
+        raise Unsupported("bias out of int32 range")
+    mult, shift = quantize_multipliers(real_m)
+    y = L.new_buf(sink.names[0], (1, M, Ho, Wo), "i8", sink.scale, sink.zp)
+    cw = L.g.const("w", "int8_t", wq)
+    cb = L.g.const("b", "int32_t", bias_c.astype(np.int32))
+    cm = L.g.const("m", "int32_t", mult)
+    cs = L.g.const("s", "int32_t", shift)
+    depthwise = groups > 1 and groups == C == M and s[1] <= 16 and kh * kw <= 64
+    pointwise = kh == kw == 1 and s == [1, 1] and not any(pads) and groups == 1
+    kind = "dwconv" if depthwise else ("pwconv" if pointwise else "conv")
+    K = cg * kh * kw
+    op = Op(kind, [x], [y], None, node=node.name, macs=M * Ho * Wo * K)
+    op.params.update(K=K, ohw=Ho * Wo, general=not (depthwise or pointwise), ntile=Ho * Wo)
+    if depthwise and (any(pads) or s[1] > 1):  # padded (and column-phased) plane copy
+        op.scratch = (H + pads[0] + pads[2]) * (W + pads[1] + pads[3]) + 32  # + vector slack
+    sh, sw, dh, dw = s[0], s[1], d[0], d[1]
+    pt, pl, pb, pr = pads
+
+    def emit(c, op=op):
+        st = c.decl("conv", lambda nm: (
+            f"static const ce_conv_t {nm} = {{ {C}, {H}, {W}, {M}, {Ho}, {Wo}, {kh}, {kw}, {sh}, {sw}, "
+            f"{dh}, {dw}, {pt}, {pl}, {pb}, {pr}, {groups}, {x.zp}, {sink.zp}, {sink.lo}, {sink.hi}, "
+            f"{op.params['ntile']}, {cw}, {cb}, {cm}, {cs} }};"))
+        return [f"ce_conv2d(&{st}, {c.ptr(x)}, {c.ptr(y)}, {c.scratch(op)});"]
+
+    op.emit = emit
+    L.add_op(op)
+    L.use_sink(sink, y)
+
+
+# ---- fully connected / matmul ------------------------------------------------------------------
+def _fc(L: Lowering, node, a: Buf, wmk: np.ndarray, ws: np.ndarray, bias_name: str | None, T: int,
+        out_shape, alpha: float = 1.0, beta: float = 1.0):
+    M, K = wmk.shape
+    real_scale = a.scale * ws * alpha
+    bias = _bias_int(L, bias_name, M, real_scale / beta) if bias_name else np.zeros(M, np.int64)
+    bias_c = bias - a.zp * wmk.astype(np.int64).sum(1)
+    sink = L.sink(node.output[0], required=False)
+    cw = L.g.const("w", "int8_t", wmk.astype(np.int8))
+    cb = L.g.const("b", "int32_t", bias_c.astype(np.int32))
+    macs = T * M * K
+    if sink is not None:
+        real_m = real_scale / sink.scale
+        _check_range(255.0 * np.abs(wmk.astype(np.int64)).sum(1) + np.abs(bias), real_m)
+        mult, shift = quantize_multipliers(real_m)
+        cm = L.g.const("m", "int32_t", mult)
+        cs = L.g.const("s", "int32_t", shift)
+        y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
+        L.add_op(Op("fc", [a], [y], lambda c: [
+            f"ce_gemm_xw({T}, {M}, {K}, {c.ptr(a)}, {cw}, {c.ptr(y)}, {M}, {cb}, {cm}, {cs}, "
+            f"{sink.zp}, {sink.lo}, {sink.hi}, (float *)0, (const float *)0);"],
+            node=node.name, macs=macs))
+        L.use_sink(sink, y)
+    else:
+        cf = L.g.const("fs", "float", real_scale.astype(np.float32))
+        y = L.new_buf(node.output[0], out_shape, "f32")
+        L.add_op(Op("fc", [a], [y], lambda c: [
+            f"ce_gemm_xw({T}, {M}, {K}, {c.ptr(a)}, {cw}, (int8_t *)0, {M}, {cb}, (const int32_t *)0, "
+            f"(const int32_t *)0, 0, -128, 127, {c.ptr(y)}, {cf});"], node=node.name, macs=macs))
+        L.bind(node.output[0], FV(y))
+
+
+@handler("Gemm")
+def gemm(L: Lowering, node):
+    a = L.q_input(node.input[0])
+    if _attr(node, "transA", 0):
+        raise Unsupported("Gemm with transA=1")
+    w = L.weight(node.input[1])
+    if len(a.shape) != 2 or w.q.ndim != 2:
+        raise Unsupported("Gemm on tensors that are not 2-D")
+    trans_b = _attr(node, "transB", 0)
+    wmk = w.q if trans_b else w.q.T
+    M = wmk.shape[0]
+    ws = _channel_scales(w, M, 0 if trans_b else 1)
+    alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+    _fc(L, node, a, np.ascontiguousarray(wmk), ws, node.input[2] if len(node.input) > 2 and node.input[2] else None,
+        a.shape[0], (a.shape[0], M), alpha, beta)
+
+
+@handler("MatMul")
+def matmul(L: Lowering, node):
+    a = L.q_input(node.input[0])
+    bv = L.value(node.input[1])
+    out_shape = L.shape(node.output[0])
+    if isinstance(bv, WV):
+        if bv.q.ndim != 2:
+            raise Unsupported("MatMul with a weight that is not 2-D")
+        K, M = bv.q.shape
+        ws = _channel_scales(bv, M, 1)
+        T = a.numel // K
+        _fc(L, node, a, np.ascontiguousarray(bv.q.T), ws, None, T, out_shape)
+        return
+    b = L.q_input(node.input[1])
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise Unsupported("MatMul of vectors")
+    T, K = a.shape[-2:]
+    K2, M = b.shape[-2:]
+    batch = int(np.prod(a.shape[:-2], dtype=np.int64))
+    bbatch = int(np.prod(b.shape[:-2], dtype=np.int64))
+    if K != K2 or bbatch not in (1, batch):
+        raise Unsupported("MatMul broadcast pattern")
+    sink = L.sink(node.output[0])
+    mult, shift = quantize_multiplier(a.scale * b.scale / sink.scale)
+    y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
+    bstep = K * M if bbatch > 1 else 0
+    L.add_op(Op("matmul", [a, b], [y], lambda c: [
+        f"for (int i = 0; i < {batch}; i++)",
+        f"    ce_matmul_q8({T}, {M}, {K}, {c.ptr(a)} + i * {T * K}, {K}, {a.zp}, {c.ptr(b)} + i * {bstep}, "
+        f"{M}, {b.zp}, {c.ptr(y)} + i * {T * M}, {M}, {mult}, {shift}, {sink.zp}, {sink.lo}, {sink.hi});"],
+        node=node.name, macs=batch * T * M * K))
+    L.use_sink(sink, y)
+
+
+# ---- element-wise ------------------------------------------------------------------------------
+def _broadcast(out_shape, b_shape) -> tuple[int, int] | None:
+    """(bn, binner) such that b's element for output i is b[(i // binner) % bn], or None."""
+    n = int(np.prod(out_shape, dtype=np.int64))
+    bn = int(np.prod(b_shape, dtype=np.int64))
+    if bn == 1:
+        return 1, n
+    if len(b_shape) > len(out_shape):
+        return None
+    full = [1] * (len(out_shape) - len(b_shape)) + [int(d) for d in b_shape]
+    idx = [i for i, d in enumerate(full) if d != 1]
+    if idx != list(range(idx[0], idx[-1] + 1)) or any(full[i] != out_shape[i] for i in idx):
+        return None
+    return bn, int(np.prod(out_shape[idx[-1] + 1:], dtype=np.int64))
+
+
+def _full_and_broadcast(L: Lowering, node, xs: list[tuple[Buf, int]]):
+    """Order two int8 inputs as (full-shape input, broadcast input) and give the kernel's (bn, binner)."""
+    out_shape = L.shape(node.output[0])
+    n = int(np.prod(out_shape, dtype=np.int64))
+    (a, ca), (b, cb) = xs
+    if a.numel != n:
+        (a, ca), (b, cb) = (b, cb), (a, ca)
+    if a.numel != n:
+        raise Unsupported(f"{node.op_type} where neither input has the output shape")
+    bc = (b.numel, 1) if b.numel == n else _broadcast(out_shape, b.shape)
+    if bc is None:
+        raise Unsupported(f"{node.op_type} broadcast of {b.shape} to {tuple(out_shape)}")
+    return out_shape, n, (a, ca), (b, cb), bc
+
+
+@handler("Add", "Sub")
+def add(L: Lowering, node):
+    sign = -1 if node.op_type == "Sub" else 1
+    out_shape, n, (a, ca), (b, cb), (bn, binner) = _full_and_broadcast(
+        L, node, [(L.q_input(node.input[0]), 1), (L.q_input(node.input[1]), sign)])
+    sink = L.sink(node.output[0])
+    (ma, mb), shift = small_multipliers([ca * a.scale / sink.scale, cb * b.scale / sink.scale])
+    y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
+    L.add_op(Op(node.op_type.lower(), [a, b], [y], lambda c: [
+        f"ce_add_q8({n}, {c.ptr(a)}, {a.zp}, {ma}, {c.ptr(b)}, {b.zp}, {mb}, {bn}, {binner}, {shift}, "
+        f"{c.ptr(y)}, {sink.zp}, {sink.lo}, {sink.hi});"], node=node.name, inplace=0))
+    L.use_sink(sink, y)
+
+
+def _scalar_const(L: Lowering, name: str) -> float | None:
+    v = L.value(name)
+    if isinstance(v, (CV, WV)):
+        arr = v.arr if isinstance(v, CV) else v.dequant()
+        if arr.size == 1:
+            return float(arr.reshape(-1)[0])
+    return None
+
+
+@handler("Mul", "Div")
+def mul(L: Lowering, node):
+    k0, k1 = _scalar_const(L, node.input[0]), _scalar_const(L, node.input[1])
+    if node.op_type == "Div":
+        if k1 is None:
+            raise Unsupported("Div by a tensor (only division by a constant scalar is supported)")
+        if k1 == 0:
+            raise Unsupported("Div by zero")
+        k1, k0 = 1.0 / k1, None
+    if k0 is not None or k1 is not None:  # x * constant scalar: a requantization
+        x = L.q_input(node.input[1] if k0 is not None else node.input[0])
+        k = k0 if k0 is not None else k1
+        sink = L.sink(node.output[0])
+        if k == 0:
+            raise Unsupported("multiplication by zero")
+        (m,), shift = small_multipliers([x.scale * k / sink.scale])  # a negative k works too
+        y = L.new_buf(sink.names[0], x.shape, "i8", sink.scale, sink.zp)
+        L.add_op(Op("requant", [x], [y], lambda c: [
+            f"ce_requant_q8({x.numel}, {c.ptr(x)}, {x.zp}, {m}, {shift}, {c.ptr(y)}, {sink.zp}, "
+            f"{sink.lo}, {sink.hi});"], node=node.name, inplace=0))
+        L.use_sink(sink, y)
+        return
+    if node.op_type == "Div":
+        raise Unsupported("Div of two tensors")
+    out_shape, n, (a, _), (b, _), (bn, binner) = _full_and_broadcast(
+        L, node, [(L.q_input(node.input[0]), 1), (L.q_input(node.input[1]), 1)])
+    sink = L.sink(node.output[0])
+    mult, shift = quantize_multiplier(a.scale * b.scale / sink.scale)
+    y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
+    L.add_op(Op("mul", [a, b], [y], lambda c: [
+        f"ce_mul_q8({n}, {c.ptr(a)}, {a.zp}, {c.ptr(b)}, {b.zp}, {bn}, {binner}, {mult}, {shift}, "
+        f"{c.ptr(y)}, {sink.zp}, {sink.lo}, {sink.hi});"], node=node.name, macs=n, inplace=0))
+    L.use_sink(sink, y)
+
+
+@handler("Relu", "Clip")
+def relu_clip(L: Lowering, node):
+    v = L.value(node.input[0])
+    if isinstance(v, FV):
+        x = v.buf
+        lo_r, hi_r = (0.0, None) if node.op_type == "Relu" else L._clip_range(node)
+        y = L.new_buf(node.output[0], x.shape, "f32")
+        lo_s = flt(lo_r) if lo_r is not None else "-INFINITY"
+        hi_s = flt(hi_r) if hi_r is not None else "INFINITY"
+        L.add_op(Op("relu_f32", [x], [y], lambda c: [
+            f"ce_relu_f32({x.numel}, {c.ptr(x)}, {c.ptr(y)}, {lo_s}, {hi_s});"], node=node.name, inplace=0))
+        L.bind(node.output[0], FV(y))
+        return
+    x = L.q_input(node.input[0])
+    lo_r, hi_r = (0.0, None) if node.op_type == "Relu" else L._clip_range(node)
+    sink = L.sink(node.output[0], required=False)
+    s, z = (sink.scale, sink.zp) if sink else (x.scale, x.zp)
+    lo = max(sink.lo if sink else -128, quantize_value(lo_r, s, z) if lo_r is not None else -128)
+    hi = min(sink.hi if sink else 127, quantize_value(hi_r, s, z) if hi_r is not None else 127)
+    name = sink.names[0] if sink else node.output[0]
+    if x.same_quant(s, z):
+        y = L.new_buf(name, x.shape, "i8", s, z)
+        L.add_op(Op("clamp", [x], [y], lambda c: [
+            f"ce_clamp_q8({x.numel}, {c.ptr(x)}, {c.ptr(y)}, {lo}, {hi});"], node=node.name, inplace=0))
+    else:
+        y = _requant(L, x, s, z, lo, hi, name, node.name)
+    if sink:
+        L.use_sink(sink, y)
+    else:
+        L.bind(node.output[0], QV(y))
+
+
+# ---- pooling -------------------------------------------------------------------------------------
+def _pool_geometry(L: Lowering, node, x: Buf):
+    _, C, H, W = x.shape
+    k = list(_attr(node, "kernel_shape"))
+    s = list(_attr(node, "strides", [1, 1]))
+    d = list(_attr(node, "dilations", [1, 1]))
+    pads = _conv_pads(node, (H, W), k, s, d)
+    out = L.shape(node.output[0])
+    Ho, Wo = int(out[2]), int(out[3])
+    # ceil_mode: widen the bottom/right padding so every window is inside the padded plane
+    pads[2] = max(pads[2], (Ho - 1) * s[0] + (k[0] - 1) * d[0] + 1 - H - pads[0])
+    pads[3] = max(pads[3], (Wo - 1) * s[1] + (k[1] - 1) * d[1] + 1 - W - pads[1])
+    return C, H, W, Ho, Wo, k, s, d, pads
+
+
+@handler("MaxPool")
+def maxpool(L: Lowering, node):
+    x = L.q_input(node.input[0])
+    if len(x.shape) != 4:
+        raise Unsupported("only 2-D pooling is supported")
+    if len(node.output) > 1 and node.output[1] and L.consumers.get(node.output[1]):
+        raise Unsupported("MaxPool indices output")
+    C, H, W, Ho, Wo, k, s, d, p = _pool_geometry(L, node, x)
+    y = L.new_buf(node.output[0], (1, C, Ho, Wo), "i8", x.scale, x.zp)
+    op = Op("maxpool", [x], [y], None, node=node.name)
+    op.scratch = (H + p[0] + p[2]) * (W + p[1] + p[3]) if any(p) else 0
+
+    def emit(c):
+        st = c.decl("pool", lambda nm: (
+            f"static const ce_pool_t {nm} = {{ {C}, {H}, {W}, {Ho}, {Wo}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, "
+            f"{d[0]}, {d[1]}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {x.zp}, {x.zp}, 0, 0, 0 }};"))
+        return [f"ce_maxpool_q8(&{st}, {c.ptr(x)}, {c.ptr(y)}, {c.scratch(op)});"]
+
+    op.emit = emit
+    L.add_op(op)
+    L.bind(node.output[0], QV(y))
+
+
+@handler("AveragePool")
+def avgpool(L: Lowering, node):
+    x = L.q_input(node.input[0])
+    if len(x.shape) != 4:
+        raise Unsupported("only 2-D pooling is supported")
+    if _attr(node, "ceil_mode", 0):
+        raise Unsupported("AveragePool with ceil_mode=1")
+    C, H, W, Ho, Wo, k, s, d, p = _pool_geometry(L, node, x)
+    cip = int(_attr(node, "count_include_pad", 0))
+    sink = L.sink(node.output[0])
+    n = k[0] * k[1]
+    mult, shift = quantize_multipliers([x.scale / (sink.scale * c) for c in range(1, n + 1)])
+    cm, cs = L.g.const("m", "int32_t", mult), L.g.const("s", "int32_t", shift)
+    y = L.new_buf(sink.names[0], (1, C, Ho, Wo), "i8", sink.scale, sink.zp)
+    op = Op("avgpool", [x], [y], None, node=node.name, macs=C * Ho * Wo * n)
+    op.scratch = (H + p[0] + p[2]) * (W + p[1] + p[3]) if any(p) else 0
+    if sink.lo != -128 or sink.hi != 127:
+        raise Unsupported("activation fused after AveragePool")
+
+    def emit(c):
+        st = c.decl("pool", lambda nm: (
+            f"static const ce_pool_t {nm} = {{ {C}, {H}, {W}, {Ho}, {Wo}, {k[0]}, {k[1]}, {s[0]}, {s[1]}, "
+            f"{d[0]}, {d[1]}, {p[0]}, {p[1]}, {p[2]}, {p[3]}, {x.zp}, {sink.zp}, {cip}, {cm}, {cs} }};"))
+        return [f"ce_avgpool_q8(&{st}, {c.ptr(x)}, {c.ptr(y)}, {c.scratch(op)});"]
+
+    op.emit = emit
+    L.add_op(op)
+    L.use_sink(sink, y)
+
+
+@handler("GlobalAveragePool")
+def global_avgpool(L: Lowering, node):
+    x = L.q_input(node.input[0])
+    if len(x.shape) < 3:
+        raise Unsupported("GlobalAveragePool on a tensor without spatial dims")
+    C = int(x.shape[1])
+    hw = int(np.prod(x.shape[2:], dtype=np.int64))
+    sink = L.sink(node.output[0])
+    if sink.lo != -128 or sink.hi != 127:
+        raise Unsupported("activation fused after GlobalAveragePool")
+    mult, shift = quantize_multiplier(x.scale / (sink.scale * hw))
+    y = L.new_buf(sink.names[0], (1, C) + (1,) * (len(x.shape) - 2), "i8", sink.scale, sink.zp)
+    L.add_op(Op("gap", [x], [y], lambda c: [
+        f"ce_global_avgpool_q8({C}, {hw}, {c.ptr(x)}, {x.zp}, {c.ptr(y)}, {mult}, {shift}, {sink.zp});"],
+        node=node.name, macs=C * hw))
+    L.use_sink(sink, y)
+
+
+@handler("ReduceMean")
+def reduce_mean(L: Lowering, node):
+    """Mean over trailing axes (e.g. a global average pool exported as ReduceMean)."""
+    x = L.q_input(node.input[0])
+    r = len(x.shape)
+    axes = _attr(node, "axes")
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in L.const(node.input[1]).reshape(-1)]
+    if axes is None:
+        axes = list(range(r))
+    axes = sorted(a % r for a in axes)
+    if axes != list(range(r - len(axes), r)):
+        raise Unsupported("ReduceMean over axes that are not the trailing ones")
+    rows = int(np.prod(x.shape[: r - len(axes)], dtype=np.int64))
+    n = int(np.prod(x.shape[r - len(axes):], dtype=np.int64))
+    sink = L.sink(node.output[0])
+    if sink.lo != -128 or sink.hi != 127:
+        raise Unsupported("activation fused after ReduceMean")
+    mult, shift = quantize_multiplier(x.scale / (sink.scale * n))
+    y = L.new_buf(sink.names[0], L.shape(node.output[0]), "i8", sink.scale, sink.zp)
+    L.add_op(Op("gap", [x], [y], lambda c: [
+        f"ce_global_avgpool_q8({rows}, {n}, {c.ptr(x)}, {x.zp}, {c.ptr(y)}, {mult}, {shift}, {sink.zp});"],
+        node=node.name, macs=rows * n))
+    L.use_sink(sink, y)
+
+
+# ---- layout ------------------------------------------------------------------------------------
+def _act(L: Lowering, name: str) -> Buf:
+    v = L.value(name)
+    if isinstance(v, (QV, FV)):
+        return v.buf
+    raise Unsupported(f"input '{name}' is not an activation")
+
+
+@handler("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
+def reshape(L: Lowering, node):
+    x = _act(L, node.input[0])
+    out_shape = L.shapes.get(node.output[0])
+    if out_shape is None:
+        if node.op_type == "Flatten":
+            ax = _attr(node, "axis", 1) % len(x.shape)
+            out_shape = (int(np.prod(x.shape[:ax], dtype=np.int64)), int(np.prod(x.shape[ax:], dtype=np.int64)))
+        elif node.op_type == "Reshape":
+            tgt = [int(t) for t in L.const(node.input[1]).reshape(-1)]
+            tgt = [x.shape[i] if t == 0 and not _attr(node, "allowzero", 0) else t for i, t in enumerate(tgt)]
+            out_shape = np.empty(x.shape, np.int8).reshape(tgt).shape
+        elif node.op_type in ("Identity", "Dropout"):
+            out_shape = x.shape
+        else:
+            raise Unsupported("unknown output shape")
+    if int(np.prod(out_shape, dtype=np.int64)) != x.numel:
+        raise Unsupported("reshape changes the number of elements")
+    y = Buf(L.unique(node.output[0]), tuple(int(s) for s in out_shape), x.dtype, x.scale, x.zp, alias=x)
+    L.bind(node.output[0], QV(y) if x.dtype == "i8" else FV(y))
+
+
+@handler("Transpose")
+def transpose(L: Lowering, node):
+    x = _act(L, node.input[0])
+    r = len(x.shape)
+    if r > 6:
+        raise Unsupported("Transpose of rank > 6")
+    perm = list(_attr(node, "perm", list(range(r))[::-1]))
+    out_shape = tuple(x.shape[p] for p in perm)
+    y = L.new_buf(node.output[0], out_shape, x.dtype, x.scale, x.zp)
+    es = 1 if x.dtype == "i8" else 4
+    cd = L.g.const("dims", "int32_t", np.asarray(x.shape, np.int32))
+    cp = L.g.const("perm", "int32_t", np.asarray(perm, np.int32))
+    L.add_op(Op("transpose", [x], [y], lambda c: [
+        f"ce_transpose({r}, {cd}, {cp}, {es}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name))
+    L.bind(node.output[0], QV(y) if x.dtype == "i8" else FV(y))
+
+
+@handler("Concat")
+def concat(L: Lowering, node):
+    xs = [_act(L, i) for i in node.input if i]
+    out_shape = L.shape(node.output[0])
+    axis = _attr(node, "axis") % len(out_shape)
+    dtypes = {x.dtype for x in xs}
+    if len(dtypes) != 1:
+        raise Unsupported("Concat of int8 and float tensors")
+    dt = dtypes.pop()
+    es = 1 if dt == "i8" else 4
+    outer = int(np.prod(out_shape[:axis], dtype=np.int64))
+    ystride = int(np.prod(out_shape[axis:], dtype=np.int64))
+    if dt == "i8":
+        sink = L.sink(node.output[0], required=False)
+        if sink is None:
+            if len({(np.float32(x.scale), x.zp) for x in xs}) != 1:
+                raise Unsupported("Concat of tensors with different quantization and no QuantizeLinear after it")
+            s, z = xs[0].scale, xs[0].zp
+        else:
+            s, z = sink.scale, sink.zp
+            if sink.lo != -128 or sink.hi != 127:
+                raise Unsupported("activation fused after Concat")
+        y = L.new_buf(sink.names[0] if sink else node.output[0], out_shape, "i8", s, z)
+    else:
+        sink = None
+        y = L.new_buf(node.output[0], out_shape, "f32")
+    lines_fns = []
+    off = 0
+    for x in xs:
+        chunk = x.numel // outer
+        if dt == "f32" or x.same_quant(y.scale, y.zp):
+            lines_fns.append(lambda c, x=x, off=off, chunk=chunk: [
+                f"ce_copy_blocks({outer}, {chunk * es}, {c.ptr(x)}, (char *){c.ptr(y)} + {off * es}, {ystride * es});"])
+        else:
+            (m,), sh = small_multipliers([x.scale / y.scale])
+            lines_fns.append(lambda c, x=x, off=off, chunk=chunk, m=m, sh=sh: [
+                f"for (int o = 0; o < {outer}; o++)",
+                f"    ce_requant_q8({chunk}, {c.ptr(x)} + o * {chunk}, {x.zp}, {m}, {sh}, "
+                f"{c.ptr(y)} + {off} + o * {ystride}, {y.zp}, -128, 127);"])
+        off += chunk
+    L.add_op(Op("concat", xs, [y], lambda c: [ln for f in lines_fns for ln in f(c)], node=node.name))
+    if sink is not None:
+        L.use_sink(sink, y)
+    else:
+        L.bind(node.output[0], QV(y) if dt == "i8" else FV(y))
+
+
+# ---- float islands -------------------------------------------------------------------------------
+def _last_axis_rows(shape, axis) -> tuple[int, int]:
+    axis = axis % len(shape)
+    cols = int(np.prod(shape[axis:], dtype=np.int64))
+    return int(np.prod(shape, dtype=np.int64)) // cols, cols
+
+
+@handler("Softmax")
+def softmax(L: Lowering, node):
+    x = L.f_input(node.input[0])
+    opset = max((o.version for o in L.model.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    axis = _attr(node, "axis", -1 if opset >= 13 else 1) % len(x.shape)
+    if opset >= 13 and axis != len(x.shape) - 1:
+        raise Unsupported("Softmax over an axis other than the last")
+    rows, cols = _last_axis_rows(x.shape, axis)
+    y = L.new_buf(node.output[0], x.shape, "f32")
+    L.add_op(Op("softmax", [x], [y], lambda c: [
+        f"ce_softmax_f32({rows}, {cols}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name))
+    L.bind(node.output[0], FV(y))
+
+
+@handler("LayerNormalization")
+def layernorm(L: Lowering, node):
+    x = L.f_input(node.input[0])
+    axis = _attr(node, "axis", -1) % len(x.shape)
+    rows, cols = _last_axis_rows(x.shape, axis)
+    eps = float(_attr(node, "epsilon", 1e-5))
+    gamma = L.const(node.input[1]).astype(np.float32).reshape(-1)
+    beta = (L.const(node.input[2]).astype(np.float32).reshape(-1)
+            if len(node.input) > 2 and node.input[2] else None)
+    if gamma.size != cols or (beta is not None and beta.size != cols):
+        raise Unsupported("LayerNormalization scale/bias shape")
+    cg = L.g.const("gamma", "float", gamma)
+    cb = L.g.const("beta", "float", beta) if beta is not None else "(const float *)0"
+    y = L.new_buf(node.output[0], x.shape, "f32")
+    for o in node.output[1:]:
+        if o and L.consumers.get(o):
+            raise Unsupported("LayerNormalization mean/inv-std outputs")
+    L.add_op(Op("layernorm", [x], [y], lambda c: [
+        f"ce_layernorm_f32({rows}, {cols}, {c.ptr(x)}, {cg}, {cb}, {flt(eps)}, {c.ptr(y)});"],
+        node=node.name))
+    L.bind(node.output[0], FV(y))
+
+
+@handler("Gelu")
+def gelu(L: Lowering, node):
+    approx = _attr(node, "approximate", b"none")
+    approx = approx.decode() if isinstance(approx, bytes) else approx
+    if approx != "none":
+        raise Unsupported("Gelu with approximate='tanh'")
+    x = L.f_input(node.input[0])
+    y = L.new_buf(node.output[0], x.shape, "f32")
+    L.add_op(Op("gelu", [x], [y], lambda c: [
+        f"ce_gelu_f32({x.numel}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name, inplace=0))
+    L.bind(node.output[0], FV(y))

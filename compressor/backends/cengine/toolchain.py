@@ -1,0 +1,308 @@
+"""Building and running generated engines: host compiler, clang-16 for RISC-V, qemu-riscv64.
+
+Each arch is a Makefile target of the generated engine (`make host|rv64gc|rv64gcv`); RISC-V
+binaries are static and run under qemu-user with the Vector extension at VLEN=128. Instruction
+counts come from qemu's one-instruction-per-block exec trace, so they are deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from compressor.errors import CompressError
+
+ARCHS = ("host", "rv64gc", "rv64gcv")
+APT_INSTALL = ("apt-get update && apt-get install -y gcc-riscv64-linux-gnu g++-riscv64-linux-gnu "
+               "qemu-user clang-16")
+RV_SYSROOT = "/usr/riscv64-linux-gnu"
+QEMU = "qemu-riscv64"
+QEMU_CPU = {"rv64gc": "rv64,v=false", "rv64gcv": "rv64,v=true,vlen=128"}
+
+
+def host_cc() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def missing_tools(arch: str, run: bool = False) -> list[str]:
+    """Names of the tools `arch` needs that are not installed (run=True: also the emulator)."""
+    if arch not in ARCHS:
+        raise CompressError(f"unknown arch '{arch}': expected one of {', '.join(ARCHS)}")
+    miss = [] if shutil.which("make") else ["make"]
+    if arch == "host":
+        return miss + ([] if host_cc() else ["cc (gcc or clang)"])
+    if not shutil.which("clang-16"):
+        miss.append("clang-16")
+    if not shutil.which("riscv64-linux-gnu-ar") or not Path(RV_SYSROOT, "lib").is_dir():
+        miss.append("gcc-riscv64-linux-gnu (riscv64 libc and binutils)")
+    if run and not shutil.which(QEMU):
+        miss.append(f"{QEMU} (qemu-user)")
+    return miss
+
+
+def require_tools(arch: str, run: bool = False) -> None:
+    miss = missing_tools(arch, run)
+    if miss:
+        extra = "apt-get install -y make && " if "make" in miss else ""
+        raise CompressError(
+            f"cannot build the {arch} C engine: missing {', '.join(miss)}. Install the toolchain with: "
+            f"{extra}{APT_INSTALL}")
+
+
+def compile_engine(out_dir: Path, arch: str) -> Path:
+    """Build the engine in `out_dir` for `arch` with its Makefile; returns the runner binary."""
+    out_dir = Path(out_dir)
+    require_tools(arch)
+    env = dict(os.environ)
+    args = ["make", "-s", "-C", str(out_dir), arch]
+    if arch == "host":
+        args.append(f"HOST_CC={host_cc()}")
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise CompressError(f"building the {arch} C engine failed:\n{r.stdout[-2000:]}{r.stderr[-4000:]}")
+    return out_dir / "build" / arch / "runner"
+
+
+def _engine_dir(out_dir_or_binary: Path) -> tuple[Path, Path | None]:
+    p = Path(out_dir_or_binary)
+    if p.is_dir():
+        return p, None
+    return p.parents[2], p  # <out_dir>/build/<arch>/runner
+
+
+def engine_meta(out_dir: Path) -> dict:
+    return json.loads((Path(out_dir) / "engine.json").read_text())
+
+
+def _command(binary: Path, arch: str) -> list[str]:
+    if arch == "host":
+        return [str(binary)]
+    require_tools(arch, run=True)
+    return [QEMU, "-cpu", QEMU_CPU[arch], str(binary)]
+
+
+def run_engine(out_dir_or_binary, inputs: np.ndarray, arch: str = "host") -> np.ndarray:
+    """Run the engine on a batch (N x input shape, float32 or int8 per the model) -> float32 N x out."""
+    out_dir, binary = _engine_dir(Path(out_dir_or_binary))
+    meta = engine_meta(out_dir)
+    if binary is None:  # make is incremental: a no-op when the build is up to date
+        binary = compile_engine(out_dir, arch)
+    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
+    x = np.ascontiguousarray(np.asarray(inputs, dt)).reshape(-1, int(np.prod(meta["input"]["shape"])))
+    with tempfile.TemporaryDirectory() as td:
+        fin, fout = Path(td, "in.bin"), Path(td, "out.bin")
+        x.tofile(fin)
+        r = subprocess.run(_command(binary, arch) + [str(fin), str(fout)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CompressError(f"the {arch} engine failed (exit {r.returncode}): {r.stderr[-2000:]}")
+        y = np.fromfile(fout, np.float32)
+    return y.reshape((x.shape[0],) + tuple(meta["output"]["shape"][1:]))
+
+
+def _singlestep_count(cmd: list[str]) -> int:
+    """Instructions executed by a RISC-V program: qemu -singlestep makes every translation block
+    one instruction and -d exec,nochain logs every block execution as one 'Trace' line."""
+    qemu_cmd = cmd[:1] + ["-singlestep", "-d", "exec,nochain", "-D", "/dev/stdout"] + cmd[1:]
+    proc = subprocess.Popen(qemu_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    count, tail = 0, b""
+    assert proc.stdout is not None
+    while True:
+        chunk = proc.stdout.read(1 << 22)
+        if not chunk:
+            break
+        data = tail + chunk
+        count += data.count(b"Trace ")
+        tail = data[-5:]  # shorter than the marker: a marker split across chunks counts once
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.wait() != 0:
+        raise CompressError(f"instruction counting failed: {err[-2000:]}")
+    return count
+
+
+_TB_BLOCK = re.compile(rb"IN:[^\n]*\n((?:0x[0-9a-f]+:[^\n]*\n)+)")
+_TB_EXEC = re.compile(rb"Trace \d+: 0x[0-9a-f]+ \[[0-9a-f]+/([0-9a-f]+)/")
+
+
+def _block_count(cmd: list[str]) -> int:
+    """The same count, about ten times faster: qemu logs each translation block's instructions
+    once (-d in_asm) and each block execution (-d exec,nochain); the count is the sum over
+    executions of the executed block's length. Exactly equal to the -singlestep count (tested)."""
+    qemu_cmd = cmd[:1] + ["-d", "in_asm,exec,nochain", "-D", "/dev/stdout"] + cmd[1:]
+    proc = subprocess.Popen(qemu_cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sizes: dict[bytes, int] = {}
+    execs: Counter = Counter()
+    conflict = False
+    tail = b""
+    assert proc.stdout is not None
+
+    def consume(data: bytes) -> None:
+        nonlocal conflict
+        for body in _TB_BLOCK.findall(data):
+            pc = body[2:body.index(b":")].lstrip(b"0") or b"0"
+            n = body.count(b"\n")
+            if sizes.setdefault(pc, n) != n:
+                conflict = True
+        execs.update(pc.lstrip(b"0") or b"0" for pc in _TB_EXEC.findall(data))
+
+    while True:
+        chunk = proc.stdout.read(1 << 22)
+        if not chunk:
+            break
+        data = tail + chunk
+        cut = data.rfind(b"\nTrace ")  # never split a block listing between two chunks
+        if cut <= 0:
+            tail = data
+            continue
+        consume(data[:cut + 1])
+        tail = data[cut + 1:]
+    consume(tail)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.wait() != 0:
+        raise CompressError(f"instruction counting failed: {err[-2000:]}")
+    missing = [pc for pc in execs if pc not in sizes]
+    if conflict or missing:
+        return _singlestep_count(cmd)
+    return sum(n * sizes[pc] for pc, n in execs.items())
+
+
+def count_instructions(binary, one_input: np.ndarray, arch: str, method: str = "blocks") -> int:
+    """Dynamic RISC-V instructions of one inference under qemu (run 1 minus run 0: the program's
+    start-up and file reading cancel out), deterministic. method: "blocks" (fast, default) or
+    "singlestep" (qemu -singlestep -d exec,nochain, one log line per instruction)."""
+    if arch not in QEMU_CPU:
+        raise CompressError(f"instruction counting needs a RISC-V build (rv64gc or rv64gcv), not '{arch}'")
+    out_dir, b = _engine_dir(Path(binary))
+    if b is None:
+        b = out_dir / "build" / arch / "runner"
+    meta = engine_meta(out_dir)
+    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
+    x = np.ascontiguousarray(np.asarray(one_input, dt)).reshape(-1)[: int(np.prod(meta["input"]["shape"]))]
+    with tempfile.TemporaryDirectory() as td:
+        fin = Path(td, "in.bin")
+        x.tofile(fin)
+        base = _command(b, arch)
+        counter = {"blocks": _block_count, "singlestep": _singlestep_count}[method]
+        n1 = counter(base + ["--repeat", "1", str(fin)])
+        n0 = counter(base + ["--repeat", "0", str(fin)])
+    return n1 - n0
+
+
+def host_latency_ns(out_dir: Path, runs: int = 200) -> float:
+    """Median single-thread latency of one inference of the host build, in ns (timed in C)."""
+    out_dir = Path(out_dir)
+    meta = engine_meta(out_dir)
+    binary = compile_engine(out_dir, "host")
+    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
+    x = np.random.default_rng(0).standard_normal(int(np.prod(meta["input"]["shape"]))).astype(dt)
+    with tempfile.TemporaryDirectory() as td:
+        fin = Path(td, "in.bin")
+        x.tofile(fin)
+        r = subprocess.run([str(binary), "--bench", str(runs), str(fin)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise CompressError(f"host benchmark failed: {r.stderr[-2000:]}")
+    return float(r.stdout.strip())
+
+
+def code_bytes(out_dir: Path, arch: str) -> int:
+    """Bytes of machine code (.text sections) of the engine's objects, weights excluded."""
+    obj = Path(out_dir) / "build" / arch / "obj"
+    tool = shutil.which("llvm-size-16") or shutil.which("size")
+    if tool is None or not obj.is_dir():
+        return -1
+    total = 0
+    for o in sorted(obj.glob("*.o")):
+        r = subprocess.run([tool, "-A", str(o)], capture_output=True, text=True)
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if parts and parts[0].startswith(".text") and len(parts) >= 2 and parts[1].isdigit():
+                total += int(parts[1])
+    return total
+
+
+TRACE_MAIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "%(name)s.h"
+static FILE *tf;
+void ce_trace(int op, const char *tensor, const void *data, long nbytes)
+{
+    int len = (int)strlen(tensor);
+    fwrite(&op, 4, 1, tf); fwrite(&len, 4, 1, tf); fwrite(tensor, 1, (size_t)len, tf);
+    fwrite(&nbytes, 8, 1, tf); fwrite(data, 1, (size_t)nbytes, tf);
+}
+int main(int argc, char **argv)
+{
+    static float out[%(up)s_OUTPUT_SIZE];
+    void *x = malloc(%(up)s_INPUT_SIZE * 4);
+    FILE *f = fopen(argv[1], "rb");
+    if (!f || fread(x, 1, %(up)s_INPUT_SIZE * %(isz)d, f) == 0) return 2;
+    fclose(f);
+    tf = fopen(argv[2], "wb");
+    %(name)s_run(x, out);
+    fclose(tf);
+    return 0;
+}
+"""
+
+
+def trace_engine(out_dir: Path, one_input: np.ndarray) -> list[tuple[int, str, bytes]]:
+    """Run one inference of a host build with a dump after every kernel: [(op, tensor, bytes)]."""
+    out_dir = Path(out_dir)
+    meta = engine_meta(out_dir)
+    name = meta["name"]
+    cc = host_cc()
+    if cc is None:
+        require_tools("host")
+    isz = 4 if meta["input"]["dtype"] == "float32" else 1
+    with tempfile.TemporaryDirectory() as td:
+        main = Path(td, "trace_main.c")
+        main.write_text(TRACE_MAIN % {"name": name, "up": name.upper(), "isz": isz})
+        exe = Path(td, "trace")
+        srcs = [str(out_dir / f"{name}.c")] + [str(p) for p in sorted((out_dir / "cengine").glob("*.c"))]
+        r = subprocess.run([cc, "-std=c99", "-O1", "-ffp-contract=off", "-DCE_TRACE_ENABLE",
+                            f"-I{out_dir}", f"-I{out_dir / 'cengine'}", str(main), *srcs, "-lm", "-o", str(exe)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise CompressError(f"trace build failed: {r.stderr[-2000:]}")
+        fin, fout = Path(td, "in.bin"), Path(td, "trace.bin")
+        np.ascontiguousarray(one_input, np.float32 if isz == 4 else np.int8).tofile(fin)
+        subprocess.run([str(exe), str(fin), str(fout)], check=True)
+        data = fout.read_bytes()
+    recs, i = [], 0
+    while i < len(data):
+        op, ln = np.frombuffer(data[i:i + 8], np.int32)
+        i += 8
+        tensor = data[i:i + ln].decode()
+        i += ln
+        nb = int(np.frombuffer(data[i:i + 8], np.int64)[0])
+        i += 8
+        recs.append((int(op), tensor, data[i:i + nb]))
+        i += nb
+    return recs
+
+
+class EngineRunner:
+    """callable(x) -> outputs of a generated engine (batch N, float32), like the other backends'
+    runners; arch "host" by default (threads is accepted for the common interface: one thread)."""
+
+    def __init__(self, path: Path, threads: int | None = None, arch: str = "host"):
+        self.path, self.arch = Path(path), arch
+
+    def __call__(self, *arrays) -> np.ndarray:
+        return run_engine(self.path, arrays[0], self.arch)
+
+
+def make_runner(path: Path, threads: int | None = None) -> EngineRunner:
+    return EngineRunner(path, threads)
