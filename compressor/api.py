@@ -14,7 +14,7 @@ from . import __version__
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .errors import CompressError, VerificationError
-from .model_io import LoadOptions, load_model
+from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
 from .report import library_versions, summary_table, write_reports
@@ -137,9 +137,7 @@ def _load(model: str | Path | torch.nn.Module, load: LoadOptions) -> Artifact:
         spec_inputs = tuple(TensorSpec("input" if len(load.input_shapes) == 1 else f"input{i}", ("batch", *s[1:]), load.input_dtype)
                             for i, s in enumerate(load.input_shapes))
         model.eval()
-        from .model_io import _infer_task
-
-        task = load.task or _infer_task(model, list(spec_inputs), None, Path(type(model).__name__))
+        task = load.task or infer_task(model, list(spec_inputs), None, Path(type(model).__name__))
         state = {k: sha256_tensor(v) for k, v in model.state_dict().items()}
         fingerprint = sha256_json({"class": type(model).__qualname__, "state": state, "spec": [s.__dict__ for s in spec_inputs]})
         return Artifact(MODULE, InputSpec(spec_inputs, task), fingerprint, module=model,

@@ -61,7 +61,7 @@ def load_model(path: Path, options: LoadOptions | None = None) -> Artifact:
     module, inputs, static_batch, fmt = loader(path, options)
     if fmt != "torch.export":  # an exported program is already in inference form and refuses eval()
         module.eval()
-    task = options.task or _infer_task(module, inputs, static_batch, path)
+    task = options.task or infer_task(module, inputs, static_batch, path)
     spec = InputSpec(inputs=tuple(inputs), task=task, static_batch=static_batch)
     source_hash = _folder_hash(path) if path.is_dir() else sha256_file(path)
     fingerprint = sha256_json({"source": source_hash, "options": options.__dict__})
@@ -228,7 +228,7 @@ def first_output(out: Any) -> torch.Tensor:
     raise CompressError(f"the model returned {type(out).__name__}; expected a tensor")
 
 
-def _infer_task(module: torch.nn.Module, inputs: list[TensorSpec], static_batch: int | None, path: Path) -> str:
+def infer_task(module: torch.nn.Module, inputs: list[TensorSpec], static_batch: int | None, path: Path) -> str:
     if getattr(module, "task", None) in TASKS:  # a wrapper that knows (e.g. a pooled Hugging Face encoder)
         return module.task
     spec = InputSpec(inputs=tuple(inputs), static_batch=static_batch)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import __version__
-from .artifacts import MODULE, Artifact, load_module, save_module, sha256_file, sha256_json, write_atomic
+from .artifacts import MODULE, Artifact, InputSpec, load_module, save_module, sha256_file, sha256_json, write_atomic
 from .calibration import CalibrationData
 from .errors import CompressError, VerificationError
 from .progress import Progress
@@ -219,8 +219,6 @@ class PassManager:
         path = self.ctx.run_dir / out["path"]
         if not path.is_file():
             return None
-        from .artifacts import InputSpec
-
         spec = InputSpec.from_json(out["spec"])
         if out["kind"] == MODULE:
             return Artifact(MODULE, spec, out["fingerprint"], module=load_module(path), path=path, meta=out["meta"]), record
