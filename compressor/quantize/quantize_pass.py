@@ -13,12 +13,12 @@ from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter
 from ..pipeline import Pass, PassResult, RunContext, register
 from .calibrate import batched_outputs, calibrate
-from .fakequant import OFF, fake_quants
+from .fakequant import fake_quants
 from .graph import fold_batchnorm, insert_fake_quants, to_graph_module
 from .observers import OBSERVERS
 from .qad import QadSettings, add_feature_tap, distill
 from .scheme import QuantScheme
-from .sensitivity import analyse
+from .sensitivity import analyse, set_layers
 
 
 @dataclass
@@ -93,11 +93,7 @@ class QuantizePass(Pass):
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress)
         kept = [row["layer"] for row in table[: cfg.keep_float]]
-        for layer in placed.layers:
-            if layer.node in kept:
-                for name, fq in fake_quants(student):
-                    if name in layer.fake_quants:
-                        fq.state = OFF
+        set_layers(student, placed.layers, {layer.node for layer in placed.layers} - set(kept))
         teacher_metric = evaluate(teacher_hold.numpy(), teacher_hold.numpy(), hold_labels)["metric"]
         ptq_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: teacher {teacher_metric:.4f}, PTQ {ptq_metric:.4f}")
