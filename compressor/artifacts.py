@@ -38,6 +38,7 @@ class InputSpec:
     inputs: tuple[TensorSpec, ...]
     task: str = "classification"  # classification | embedding | regression
     static_batch: int | None = None  # set when the model only accepts one batch size
+    max_sequence: int | None = None  # the longest "sequence" the model accepts (position embeddings)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +46,8 @@ class InputSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> InputSpec:
         inputs = tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in data["inputs"])
-        return cls(inputs=inputs, task=data["task"], static_batch=data.get("static_batch"))
+        return cls(inputs=inputs, task=data["task"], static_batch=data.get("static_batch"),
+                   max_sequence=data.get("max_sequence"))
 
 
 @dataclass

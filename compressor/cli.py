@@ -43,6 +43,11 @@ def _fail(error: CompressError, debug: bool) -> None:
     sys.exit(error.exit_code)
 
 
+def _quantize_overrides(**options) -> dict:
+    chosen = {k: v for k, v in options.items() if v is not None}
+    return {"quantize": chosen} if chosen else {}
+
+
 @main.command("run")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="x86-cpu", show_default=True, help="Device profile name, alias or TOML path.")
@@ -60,11 +65,14 @@ def _fail(error: CompressError, debug: bool) -> None:
 @click.option("--task", type=click.Choice(["classification", "embedding", "regression"]), default=None, help="Default: inferred from the output.")
 @click.option("--keep-float", type=click.IntRange(min=0), default=None,
               help="Keep the N most quantization-sensitive layers in the target's higher precision.")
+@click.option("--accuracy-budget", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Keep the most sensitive layers in higher precision until the metric drop before "
+                   "fine-tuning is at most this (e.g. 0.005 = half a point of top-1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
-                input_shape, input_dtype, task, keep_float, quiet, as_json, debug):
+                input_shape, input_dtype, task, keep_float, accuracy_budget, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -82,7 +90,7 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                            input_dtype=input_dtype, task=task)
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                              config=config, resume=resume, force=force, quiet=quiet, load=load,
-                             overrides={"quantize": {"keep_float": keep_float}} if keep_float is not None else {})
+                             overrides=_quantize_overrides(keep_float=keep_float, accuracy_budget=accuracy_budget))
         result = run(model, target, calib, options)
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)

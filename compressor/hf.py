@@ -141,6 +141,8 @@ def load_hf_folder(path: Path) -> tuple[torch.nn.Module, list[TensorSpec]]:
         raise CompressError(f"{path}: transformers cannot load this {model_type} model: {_short(e)}") from None
     model.eval()
     module = HFClassifier(model) if classifier else HFEncoder(model, pooling, normalize)
+    # Position embeddings bound the sequence; torch.export needs the bound to trace the slicing.
+    module.max_sequence = config.get("max_position_embeddings")
     return module, [TensorSpec(name, ("batch", "sequence"), "int64") for name in INPUTS]
 
 

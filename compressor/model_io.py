@@ -62,7 +62,8 @@ def load_model(path: Path, options: LoadOptions | None = None) -> Artifact:
     if fmt != "torch.export":  # an exported program is already in inference form and refuses eval()
         module.eval()
     task = options.task or infer_task(module, inputs, static_batch, path)
-    spec = InputSpec(inputs=tuple(inputs), task=task, static_batch=static_batch)
+    spec = InputSpec(inputs=tuple(inputs), task=task, static_batch=static_batch,
+                     max_sequence=getattr(module, "max_sequence", None))
     source_hash = _folder_hash(path) if path.is_dir() else sha256_file(path)
     fingerprint = sha256_json({"source": source_hash, "options": options.__dict__})
     return Artifact(kind=MODULE, spec=spec, fingerprint=fingerprint, module=module, path=path,

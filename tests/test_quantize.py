@@ -115,9 +115,62 @@ def test_onnxruntime_rule_quantizes_outputs_after_the_activation():
     insert_fake_quants(gm, QuantScheme.from_target(load_target("x86-cpu")))
     quantized_producers = {n.args[0] for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("aq_")}
     kinds = {op_kind(n) or n.op for n in quantized_producers}
-    assert "act" in kinds and "linear" in kinds and "pool" in kinds  # relu outputs, logits, pooled features
+    assert "act" in kinds and "pool" in kinds and "linear" not in kinds  # relu outputs, pooled features
+    add = next(n for n in gm.graph.nodes if op_kind(n) == "add")
+    assert add.args[0].target.startswith("aq_")  # the residual Add feeds a conv: QLinearAdd
     fused = {n.args[0] for n in gm.graph.nodes if op_kind(n) == "act" and op_kind(n.args[0]) == "conv"}
     assert fused and not fused & quantized_producers  # Conv -> Relu -> Q, not Conv -> Q -> Relu
+
+
+def test_onnxruntime_rule_leaves_transformer_residuals_float():
+    from tinynet import TinyEncoder
+
+    spec = InputSpec((TensorSpec("x", ("batch", 8, 16)),))
+    gm, _ = to_graph_module(TinyEncoder().eval(), spec)
+    placed = insert_fake_quants(gm, QuantScheme.from_target(load_target("x86-cpu")))
+    consumers = _consumers_of_fake_quants(gm)
+    # Every Linear reads int8; Adds into LayerNorm and the logits stay float (MatMulIntegerToFloat).
+    assert {"linear", "matmul"} <= {layer.kind for layer in placed.layers} <= {"linear", "matmul", "pool"}
+    assert all(op_kind(n) != "add" for n in gm.graph.nodes if n.op == "call_module" and n.target.startswith("aq_")
+               for n in [n.args[0]])
+    assert all(kinds <= {"linear", "matmul"} for kinds in consumers.values()), consumers
+    assert sum(1 for f in placed.float_ops if "add" in f) == 2
+    linears = [n for n in gm.graph.nodes if op_kind(n) == "linear"]
+    assert all(linear.args[0].op == "call_module" for linear in linears)
+
+
+def test_embedding_table_is_stored_int8_and_gathered_before_dequantizing(tmp_path):
+    import onnxruntime as ort
+    from tinynet import TinyEmbedder
+
+    from compressor.export.onnx_export import export_onnx
+    from compressor.quantize.fakequant import export_mode
+    from compressor.quantize.qdq import finalize
+
+    spec = InputSpec((TensorSpec("ids", ("batch", 6), "int64"),), task="classification")
+    gm, _ = to_graph_module(TinyEmbedder().eval(), spec)
+    scheme = QuantScheme.from_target(load_target("x86-cpu"))
+    placed = insert_fake_quants(gm, scheme)
+    assert "embedding" in {layer.kind for layer in placed.layers}
+    ids = torch.randint(0, 50, (8, 6))
+    for _, fq in fake_quants(gm):
+        if fq.axis is None:
+            fq.set_range(-1.0, 1.0)
+            fq.state = "quantize"
+    path = tmp_path / "m.onnx"
+    with export_mode(gm):
+        export_onnx(gm, spec, path, 17, legacy_only=True)
+    stats = finalize(path, scheme.bias_int32, scheme.weights.qrange)
+    assert stats["int8_embeddings"] == 1
+    model = onnx.load(str(path))
+    table = next(i for i in model.graph.initializer if tuple(i.dims) == (50, 16))
+    assert numpy_helper.to_array(table).dtype == np.int8
+    # the table feeds a Gather directly: no DequantizeLinear of the whole table per inference
+    assert all(n.op_type == "Gather" for n in model.graph.node if table.name in n.input)
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"ids": ids.numpy()})[0]
+    with torch.no_grad():
+        expected = gm(ids).numpy()
+    np.testing.assert_allclose(out, expected, atol=1e-4)  # float rounding at the Q boundaries only
 
 
 def test_quantized_engine_end_to_end_x86(trained_res, tmp_path):
@@ -204,3 +257,15 @@ def test_distillation_recovers_what_ptq_loses_without_labels(trained_res, tmp_pa
     assert quant["qad_metric"] >= quant["ptq_metric"]
     history = quant["qad_history"]
     assert min(h["val_output_error"] for h in history[1:]) < 0.8 * history[0]["val_output_error"], history
+
+
+def test_accuracy_budget_keeps_sensitive_layers_until_the_drop_fits(trained_res, tmp_path):
+    # 2-bit weights collapse this net (previous test); a budget keeps the worst layers in float.
+    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2"})
+    result = compress(trained_res, target=str(profile), calib="mnist", out=tmp_path / "run",
+                      config=_config(tmp_path, "epochs = 0\naccuracy_budget = 0.02"))
+    quant = result.report["passes"][0]["metrics"]
+    order = [row["layer"] for row in quant["sensitivity"]]
+    assert 1 <= len(quant["kept_float"]) < len(order)
+    assert quant["kept_float"] == order[: len(quant["kept_float"])]  # most sensitive first
+    assert quant["teacher_metric"] - quant["qad_metric"] <= 0.05

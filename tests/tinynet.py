@@ -29,3 +29,35 @@ class ResTiny(nn.Module):
         x = self.stem(x)
         x = (x + self.body(x)).relu()
         return self.head(self.pool(x).flatten(1))
+
+
+class TinyEncoder(nn.Module):
+    """One pre-LayerNorm Transformer block over (batch, 8, 16) features and a pooled linear head:
+    the residual Adds feed LayerNorm, as in BERT, so a CPU int8 scheme should leave them float."""
+
+    def __init__(self, dim=16, classes=4):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        attn = (q @ k.transpose(1, 2) / 4.0).softmax(dim=-1)
+        x = x + self.proj(attn @ v)
+        x = x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+        return self.head(x.mean(dim=1))
+
+
+class TinyEmbedder(nn.Module):
+    """Token ids (batch, 6) -> embedding lookup -> mean -> linear: an embedding table to store int8."""
+
+    def __init__(self, vocab=50, dim=16, classes=4):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(dim=1))

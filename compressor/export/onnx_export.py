@@ -69,7 +69,8 @@ def dynamic_shapes(spec: InputSpec):
         axes = {}
         for axis, d in enumerate(t.shape):
             if isinstance(d, str) and not (axis == 0 and spec.static_batch):
-                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=1, max=65536))
+                limit = spec.max_sequence if d == "sequence" and spec.max_sequence else 65536
+                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=1, max=limit))
         shapes.append(axes or None)
     return tuple(shapes)
 

@@ -16,7 +16,7 @@ from ..artifacts import InputSpec
 from ..errors import CompressError
 from ..model_io import StaticBatchAdapter, example_inputs
 from .fakequant import FakeQuant
-from .scheme import WEIGHTED, QuantScheme
+from .scheme import WEIGHT_ARG, WEIGHTED, QuantScheme
 
 aten = torch.ops.aten
 
@@ -30,7 +30,7 @@ OP_KINDS = {
     aten.max_pool2d.default: "pool", aten.avg_pool2d.default: "pool",
     aten.adaptive_avg_pool2d.default: "pool", aten.mean.dim: "pool",
     aten.layer_norm.default: "norm", aten.softmax.int: "softmax", aten._softmax.default: "softmax",
-    aten.gelu.default: "gelu",
+    aten.gelu.default: "gelu", aten.embedding.default: "embedding",
     aten.batch_norm.default: "batchnorm", aten._native_batch_norm_legit_no_training.default: "batchnorm",
 }
 # Ops that only move or reshape data: they neither need their own Q/DQ nor count as float compute.
@@ -86,7 +86,9 @@ def _aten_copy(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule, int 
                                       dynamic_shapes=dynamic_shapes(spec))
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
         raise CompressError(f"torch.export cannot capture the model for quantization: {str(e).splitlines()[0][:300]}") from None
-    return program.module(), static
+    # The deep copy drops the unlifted module's train()/eval() guards (local lambdas): the copy
+    # pickles into the run directory and the TorchScript exporter can call eval() on it.
+    return copy.deepcopy(program.module()), static
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
@@ -166,9 +168,31 @@ def _activation_inputs(node: fx.Node) -> list[fx.Node]:
     return [a for a in args if isinstance(a, fx.Node) and a.op != "get_attr" and isinstance(a.meta.get("val"), torch.Tensor)]
 
 
+def _feeds_int8(graph: fx.Graph, rule) -> dict[fx.Node, bool]:
+    """For every node: does its value reach an op that reads it quantized? Data movement, fused
+    activations and pooling pass the question on to their users; a chain-only Add answers it for
+    its own output (computed users first, i.e. in reverse order)."""
+    feeds: dict[fx.Node, bool] = {}
+    for node in reversed(graph.nodes):
+        answer = False
+        for user in node.users:
+            kind = op_kind(user)
+            if kind in rule.float_kinds or user.op == "output":
+                continue
+            if kind in rule.inputs_of and (kind not in rule.chain_only or feeds.get(user, False)):
+                answer = True
+            elif kind in (None, "act", "pool") and feeds.get(user, False):
+                answer = True
+            if answer:
+                break
+        feeds[node] = answer
+    return feeds
+
+
 def insert_fake_quants(gm: fx.GraphModule, scheme: QuantScheme) -> Quantized:
     """Put FakeQuant modules where the scheme's insertion rule says; weights per channel."""
     graph = gm.graph
+    feeds = _feeds_int8(graph, scheme.rule) if scheme.rule.chain_only else {}
     consumers: dict[fx.Node, set[fx.Node]] = {}  # value -> the nodes that must read it quantized
     owner: dict[fx.Node, fx.Node] = {}  # value -> the compute op whose layer it belongs to
     layers: dict[fx.Node, Layer] = {}
@@ -177,8 +201,13 @@ def insert_fake_quants(gm: fx.GraphModule, scheme: QuantScheme) -> Quantized:
         kind = op_kind(node)
         if kind is None or kind in ("act", "batchnorm"):
             continue
-        if kind in scheme.rule.float_kinds:
-            float_ops.append(f"{node.name} ({node.target.__name__ if hasattr(node.target, '__name__') else node.target})")
+        chained = kind in scheme.rule.chain_only
+        if kind in scheme.rule.weight_only:
+            layers.setdefault(node, Layer(node.name, kind))
+            continue
+        if kind in scheme.rule.float_kinds or kind not in scheme.rule.inputs_of | scheme.rule.outputs_of or (
+                chained and kind not in WEIGHTED | {"matmul"} and not feeds.get(node, False)):
+            float_ops.append(f"{node.name} ({getattr(node.target, '__name__', node.target)})")
             continue
         if kind in scheme.rule.inputs_of:
             layers.setdefault(node, Layer(node.name, kind))
@@ -191,6 +220,8 @@ def insert_fake_quants(gm: fx.GraphModule, scheme: QuantScheme) -> Quantized:
             only = next(iter(node.users)) if len(node.users) == 1 else None
             if only is not None and op_kind(only) == "act":
                 value = only  # quantize after the activation: DQ -> Conv -> Relu -> Q fuses
+            if chained and not feeds.get(value, False):
+                continue
             consumers.setdefault(value, set()).update(value.users)
             owner[value] = node
     for value, users in consumers.items():
@@ -205,9 +236,9 @@ def insert_fake_quants(gm: fx.GraphModule, scheme: QuantScheme) -> Quantized:
         if layer_node in layers:
             layers[layer_node].fake_quants.append(name)
     for node, layer in layers.items():
-        if layer.kind not in WEIGHTED:
+        if layer.kind not in WEIGHT_ARG:
             continue
-        w_node = node.args[1]
+        w_node = node.args[WEIGHT_ARG[layer.kind]]
         if not isinstance(w_node, fx.Node) or w_node.op != "get_attr":
             continue
         weight = _attr(gm, w_node.target)

@@ -4,7 +4,10 @@ The exporter writes every fake quantizer as QuantizeLinear -> DequantizeLinear, 
 so the file still holds float weights. Here a weight's Q node is evaluated once: the int8 tensor
 becomes the initializer feeding its DequantizeLinear (4x smaller file, and what TensorRT, QNN and
 onnxruntime's int8 kernels read). Where the scheme has int32 bias, a float bias of a Conv/Gemm
-whose input and weight are dequantized becomes int32 at scale s_input * s_weight.
+whose input and weight are dequantized becomes int32 at scale s_input * s_weight. An int8
+embedding table is gathered first and only the gathered rows are dequantized: DequantizeLinear
+-> Gather would dequantize the whole table on every inference (onnxruntime does not fold it;
+measured 23 ms for MiniLM's 30522 x 384 table, against 0.04 ms for gathering first).
 """
 from __future__ import annotations
 
@@ -99,6 +102,40 @@ def quantize_biases(g: _Graph) -> int:
     return done
 
 
+def gather_rows_then_dequantize(g: _Graph) -> int:
+    """DequantizeLinear(int8 table, per row or per tensor, zero point 0) -> Gather(axis 0) becomes
+    Gather(int8 table) -> Cast -> Mul(gathered row scales): the same values, exactly."""
+    done = 0
+    for gather in [n for n in g.graph.node if n.op_type == "Gather"]:
+        dq = g.producer.get(gather.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or next((a.i for a in gather.attribute if a.name == "axis"), 0):
+            continue
+        table, scale = g.const(dq.input[0]), g.const(dq.input[1])
+        zero = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+        if table is None or scale is None or table.dtype != np.int8 or table.ndim != 2 or                 (zero is not None and zero.any()) or (scale.size > 1 and _axis(dq) % 2 != 0):
+            continue
+        base, ids, out = gather.name or gather.output[0], gather.input[1], gather.output[0]
+        rows = helper.make_node("Gather", [dq.input[0], ids], [f"{base}_int8_rows"], name=f"{base}_int8_rows", axis=0)
+        cast = helper.make_node("Cast", [rows.output[0]], [f"{base}_rows_float"], name=f"{base}_rows_float",
+                                to=onnx.TensorProto.FLOAT)
+        nodes = [rows, cast]
+        if scale.size > 1:
+            column = g.add_init(scale.reshape(-1, 1).astype(np.float32), f"{dq.input[1]}_rows")
+            nodes.append(helper.make_node("Gather", [column, ids], [f"{base}_row_scales"], name=f"{base}_row_scales", axis=0))
+            factor = nodes[-1].output[0]
+        else:
+            factor = g.add_init(scale.reshape(()).astype(np.float32), f"{dq.input[1]}_scalar")
+        nodes.append(helper.make_node("Mul", [cast.output[0], factor], [out], name=f"{base}_dequantized"))
+        at = list(g.graph.node).index(gather)
+        g.graph.node.remove(gather)
+        for offset, node in enumerate(nodes):
+            g.graph.node.insert(at + offset, node)
+        if all(c is gather for c in g.consumers.get(dq.output[0], [])):
+            g.graph.node.remove(dq)
+        done += 1
+    return done
+
+
 def constants_to_initializers(g: _Graph) -> int:
     """The TorchScript exporter writes Q/DQ scales and zero points as Constant nodes; engines and
     graph tools expect initializers (the form onnxruntime's own quantizer writes)."""
@@ -128,6 +165,7 @@ def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128
     stats = {"int8_weights": fold_weight_quantizers(g, weight_range)}
     g = _Graph(model)  # producers changed
     stats["int32_biases"] = quantize_biases(g) if bias_int32 else 0
+    stats["int8_embeddings"] = gather_rows_then_dequantize(_Graph(model))
     _drop_unused(g)
     onnx.checker.check_model(model)
     tmp = path.with_name(f".{path.name}.tmp")

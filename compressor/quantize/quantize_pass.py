@@ -12,18 +12,18 @@ from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter
 from ..pipeline import Pass, PassResult, RunContext, register
-from .calibrate import batched_outputs, calibrate
+from .calibrate import AUTO, batched_outputs, calibrate
 from .fakequant import fake_quants
 from .graph import fold_batchnorm, insert_fake_quants, to_graph_module
 from .observers import OBSERVERS
 from .qad import QadSettings, add_feature_tap, distill
 from .scheme import QuantScheme
-from .sensitivity import analyse, set_layers
+from .sensitivity import analyse, output_error, set_layers
 
 
 @dataclass
 class QuantizeConfig:
-    observer: str = ""  # "" = the target profile's default
+    observer: str = ""  # "" = the target profile's default; "auto" = the best on the validation slice
     epochs: int = 2
     lr: float = 1e-5  # fine-tuning a converged model: 1e-4 (Adam) measurably undid the calibration
     batch: int = 64
@@ -34,17 +34,22 @@ class QuantizeConfig:
     patience: int = 1
     val_fraction: float = 0.1
     keep_float: int = 0  # keep the N most sensitive layers in the target's higher precision
+    # keep more of the most sensitive layers (beyond keep_float) until the quantized model's metric
+    # on the validation slice is within this of the teacher's; 0 = off
+    accuracy_budget: float = 0.0
     sensitivity_samples: int = 128
     collapse_drop: float = 0.05  # fail, without an engine, when the metric drops more than this
     seed: int = 0
 
     def __post_init__(self):
-        if self.observer and self.observer not in OBSERVERS:
-            raise ValueError(f"observer must be one of {', '.join(OBSERVERS)}, got '{self.observer}'")
+        if self.observer and self.observer not in (*OBSERVERS, AUTO):
+            raise ValueError(f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}, got '{self.observer}'")
         if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.temperature <= 0:
             raise ValueError("epochs must be >= 0, batch >= 1, lr and temperature > 0")
         if not 0 < self.val_fraction < 1 or self.keep_float < 0 or self.sensitivity_samples < 1:
             raise ValueError("val_fraction must be in (0, 1), keep_float >= 0, sensitivity_samples >= 1")
+        if not 0 <= self.accuracy_budget < 1:
+            raise ValueError("accuracy_budget must be in [0, 1): a metric drop such as 0.005 (half a point)")
 
 
 @register
@@ -88,12 +93,18 @@ class QuantizePass(Pass):
 
         ctx.progress.log(f"  {len(placed.layers)} layers quantized ({scheme.name}), {folded} BatchNorm folded, "
                          f"{len(placed.float_ops)} ops stay float; observer {observer}")
-        ranges = calibrate(student, train, observer, cfg.batch, ctx.progress)
+        def validation_score(model) -> tuple[float, float]:
+            out = batched_outputs(model, val, cfg.batch)
+            return evaluate(out.numpy(), teacher_val.numpy(), None)["metric"], -output_error(out, teacher_val)
+
+        observer, ranges, trials = calibrate(student, train, observer, cfg.batch, ctx.progress, validation_score)
+        if trials:
+            ctx.progress.log("  observer " + ", ".join(f"{k} {v[0]:.4f}" for k, v in trials.items()) + f": {observer}")
         sens_inputs = tuple(x[: cfg.sensitivity_samples] for x in train)
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress)
-        kept = [row["layer"] for row in table[: cfg.keep_float]]
-        set_layers(student, placed.layers, {layer.node for layer in placed.layers} - set(kept))
+        kept = _keep_float(student, placed.layers, table, cfg, validation_score,
+                           evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"], ctx)
         teacher_metric = evaluate(teacher_hold.numpy(), teacher_hold.numpy(), hold_labels)["metric"]
         ptq_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: teacher {teacher_metric:.4f}, PTQ {ptq_metric:.4f}")
@@ -120,10 +131,11 @@ class QuantizePass(Pass):
         metrics = {
             "scheme": scheme.name, "observer": observer, "native_kernels": native.backend(),
             "bn_folded": folded, "quantized_layers": len(placed.layers), "float_ops": placed.float_ops,
-            "kept_float": kept, "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,
+            "kept_float": kept, "accuracy_budget": cfg.accuracy_budget, "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,
             "teacher_metric": teacher_metric, "ptq_metric": ptq_metric, "qad_metric": qad_metric,
             "qad_history": history, "sensitivity": table, "calibration_samples": train[0].shape[0],
             "validation_samples": n_val, "activation_ranges": ranges,
+            "observer_trials": {k: {"val_metric": v[0], "val_output_error": -v[1]} for k, v in trials.items()},
         }
         if teacher_metric - qad_metric > cfg.collapse_drop:
             error = VerificationError(
@@ -136,3 +148,22 @@ class QuantizePass(Pass):
         module = StaticBatchAdapter(student, static) if static else student
         meta = {"precision": "int8", "scheme": scheme.name, "float_ops": placed.float_ops, "kept_float": kept}
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=meta), metrics)
+
+
+def _keep_float(student, layers, table: list[dict], cfg: QuantizeConfig, score, teacher_val_metric: float,
+                ctx: RunContext) -> list[str]:
+    """The `keep_float` most sensitive layers, then, under an accuracy budget, as many more (most
+    sensitive first) as it takes for the validation metric to be within the budget."""
+    everything = {layer.node for layer in layers}
+    count = min(cfg.keep_float, len(table))
+    while True:
+        kept = [row["layer"] for row in table[:count]]
+        set_layers(student, layers, everything - set(kept))
+        if not cfg.accuracy_budget or count == len(table):
+            return kept
+        drop = teacher_val_metric - score(student)[0]
+        if drop <= cfg.accuracy_budget:
+            ctx.progress.log(f"  accuracy budget {cfg.accuracy_budget}: validation drop {drop:.4f} "
+                             f"with {count} layer(s) kept in higher precision")
+            return kept
+        count += 1
