@@ -276,6 +276,30 @@ def test_tiny_classifier_end_to_end_with_longest_padding(tmp_path, fast_config):
     assert 16 < width <= 64  # padded to the longest held-out sentence, not to max_length
 
 
+def test_tiny_encoder_quantized_for_x86_end_to_end(tmp_path):
+    """QAD of a BERT encoder: static shapes at the recipe's length, int8 embedding table gathered
+    before dequantizing, Linear inputs int8 (MatMulIntegerToFloat), residual Adds left float."""
+    folder = tiny_folder(tmp_path / "encoder", modules=ST_MODULES, pooling={"pooling_mode_mean_tokens": True})
+    config = tmp_path / "q.toml"
+    config.write_text('passes = ["quantize", "export", "lower", "verify"]\n[verify]\nlatency_runs = 5\nwarmup = 1\n'
+                      '[quantize]\nepochs = 1\nbatch = 16\nsensitivity_samples = 16\n')
+    recipe = text_recipe(tmp_path, max_length=32)
+    result = compress(folder, target="x86-cpu", calib=str(recipe), out=tmp_path / "run", config=config)
+    passes = {p["name"]: p["metrics"] for p in result.report["passes"]}
+    quant, export, lower, verify = passes["quantize"], passes["export"], passes["lower"], passes["verify"]
+    assert export["static_shapes"] == {"input_ids": [1, 32], "attention_mask": [1, 32]}
+    assert export["int8_embeddings"] == 3  # word, position and token-type tables
+    assert quant["observer"] in quant["observer_trials"] and len(quant["observer_trials"]) == 4
+    assert not any(layer["op"] == "add" for layer in quant["sensitivity"])
+    assert verify["passed"] and verify["parity"]["cosine_mean"] >= 0.999
+    ops = lower["optimized_ops"]
+    assert lower["integer_matmuls_rewritten"] == 12 and ops.get("MatMulInteger", 0) + ops.get("MatMulIntegerToFloat", 0) >= 12
+    assert "Gemm" not in ops and "FusedGemm" not in ops  # no Linear left in float
+    model = onnx.load(str(tmp_path / "run" / "model.onnx"))
+    dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input]
+    assert dims == [[1, 32], [1, 32]]
+
+
 # --- evaluators ------------------------------------------------------------------------------------------
 
 def test_embedding_evaluators_and_user_metric(tmp_path, monkeypatch):

