@@ -122,6 +122,17 @@ def test_onnxruntime_rule_quantizes_outputs_after_the_activation():
     assert fused and not fused & quantized_producers  # Conv -> Relu -> Q, not Conv -> Q -> Relu
 
 
+@pytest.mark.parametrize("target", ["x86-cpu", "riscv"])
+def test_residual_add_into_a_conv_net_stays_int8(target):
+    from tinynet import ResTiny
+
+    gm, _ = to_graph_module(ResTiny().eval(), SPEC)
+    fold_batchnorm(gm)
+    placed = insert_fake_quants(gm, QuantScheme.from_target(load_target(target)))
+    assert placed.float_ops == []  # the Add's sum goes on (ReLU, pool) into the int8 head
+    assert "aq_relu_2" in dict(gm.named_modules())  # Add -> ReLU -> Q, for QLinearAdd / the C engine
+
+
 def test_onnxruntime_rule_leaves_transformer_residuals_float():
     from tinynet import TinyEncoder
 

@@ -32,8 +32,8 @@ class ResTiny(nn.Module):
 
 
 class TinyEncoder(nn.Module):
-    """One pre-LayerNorm Transformer block over (batch, 8, 16) features and a pooled linear head:
-    the residual Adds feed LayerNorm, as in BERT, so a CPU int8 scheme should leave them float."""
+    """One post-LayerNorm (BERT-style) Transformer block over (batch, 8, 16) features and a pooled
+    linear head: the residual Adds feed LayerNorm, so a CPU int8 scheme should leave them float."""
 
     def __init__(self, dim=16, classes=4):
         super().__init__()
@@ -44,10 +44,10 @@ class TinyEncoder(nn.Module):
         self.head = nn.Linear(dim, classes)
 
     def forward(self, x):
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
         attn = (q @ k.transpose(1, 2) / 4.0).softmax(dim=-1)
-        x = x + self.proj(attn @ v)
-        x = x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
+        x = self.norm1(x + self.proj(attn @ v))
+        x = self.norm2(x + self.fc2(nn.functional.gelu(self.fc1(x))))
         return self.head(x.mean(dim=1))
 
 

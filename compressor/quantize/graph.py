@@ -184,23 +184,25 @@ def _activation_inputs(node: fx.Node) -> list[fx.Node]:
 
 
 def _feeds_int8(graph: fx.Graph, rule) -> dict[fx.Node, bool]:
-    """For every node: does its value reach an op that reads it quantized? Data movement, fused
+    """For every node: is its value read in int8 by every op it reaches? Data movement, fused
     activations and pooling pass the question on to their users; a chain-only Add answers it for
-    its own output (computed users first, i.e. in reverse order)."""
+    its own output (users first, i.e. in reverse order). One float reader (a Transformer's
+    LayerNorm beside the next residual Add) is enough to keep a chain-only value float."""
     feeds: dict[fx.Node, bool] = {}
+
+    def reads_int8(user: fx.Node) -> bool | None:  # None: no reader at all (an assertion)
+        kind = op_kind(user)
+        if user.op == "output" or kind in rule.float_kinds:
+            return False
+        if kind in rule.inputs_of:  # Linear/Conv/MatMul always; a chain-only Add if its sum goes on in int8
+            return kind in WEIGHTED | {"matmul"} or kind not in rule.chain_only or feeds[user]
+        if kind in (None, "act", "pool"):
+            return feeds[user] if user.users else None
+        return False
+
     for node in reversed(graph.nodes):
-        answer = False
-        for user in node.users:
-            kind = op_kind(user)
-            if kind in rule.float_kinds or user.op == "output":
-                continue
-            if kind in rule.inputs_of and (kind not in rule.chain_only or feeds.get(user, False)):
-                answer = True
-            elif kind in (None, "act", "pool") and feeds.get(user, False):
-                answer = True
-            if answer:
-                break
-        feeds[node] = answer
+        answers = [a for a in (reads_int8(u) for u in node.users) if a is not None]
+        feeds[node] = bool(answers) and all(answers)
     return feeds
 
 
