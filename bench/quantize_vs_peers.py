@@ -4,8 +4,8 @@
 
 Rows (all ONNX files, all run by onnxruntime on the CPU):
   * FP32: the teacher exported with compressor.export.onnx_export.export_onnx.
-  * Ours: compressor.compress(teacher, target="x86-cpu", calib="mnist",
-    passes=["quantize", "export", "verify"]) with the default quantize settings (or --epochs N).
+  * Ours: compressor.compress(teacher, target="x86-cpu", calib="mnist"), the target's default
+    passes (quantize, export, lower, verify), default quantize settings (or --epochs N).
   * ORT quantize_static: quant_pre_process, then QDQ, per-channel, uint8 activations, int8 weights,
     MinMax calibration; once with full 8-bit weights and once with reduce_range=True (7-bit
     weights: onnxruntime's u8s8 x86 kernels can saturate with 8-bit weights on CPUs without VNNI).
@@ -50,7 +50,6 @@ import torch  # noqa: E402
 from compressor import compress  # noqa: E402
 from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
-from compressor.errors import CompressError  # noqa: E402
 from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
@@ -111,13 +110,13 @@ def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
         config = work / "ours-pipeline.toml"
         config.write_text(f"[quantize]\nepochs = {epochs}\n")
     started = time.time()
-    result = compress(TEACHER, target=TARGET, calib=RECIPE, passes=["quantize", "export", "verify"],
-                      out=work / "ours", quiet=True, config=config, force=True)
+    result = compress(TEACHER, target=TARGET, calib=RECIPE, out=work / "ours", quiet=True, config=config,
+                      force=True)
     seconds = time.time() - started
     passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
     q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
     details = {
-        "how": "compressor.compress(teacher, target='x86-cpu', calib='mnist', passes=['quantize','export','verify'])"
+        "how": "compressor.compress(teacher, target='x86-cpu', calib='mnist') (passes quantize, export, lower, verify)"
                + (f" with [quantize] epochs = {epochs}" if epochs is not None else " (default quantize settings)"),
         "seconds": round(seconds, 1),
         "passes": [{"name": p["name"], "status": p.get("status"), "seconds": round(p.get("seconds") or 0, 1)}

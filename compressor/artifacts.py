@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,4 +111,6 @@ def load_module(path: Path) -> torch.nn.Module:
         return torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:
         # Not TorchScript: a module this tool pickled into its own run directory.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation notice
+            return torch.load(path, map_location="cpu", weights_only=False)

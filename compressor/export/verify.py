@@ -25,7 +25,14 @@ from ..profile.latency import measure
 
 # Quantized engines differ from their fake-quant module by rounding at a few boundaries.
 QUANTIZED_MIN_TOP1_AGREEMENT = 0.995
-QUANTIZED_MIN_COSINE = 0.999
+# In a deep int8 encoder one such flip (a float op differing in its last bit lands a value on the
+# other side of a rounding boundary) moves later activations across boundaries too. Measured on
+# MiniLM-L6, x86-cpu: weights-only QDQ export vs module cosine 0.9999999986; with the 24 activation
+# quantizers 0.998 (the first difference: one element of layer 3's GELU output, one step), while
+# both score the same cosine to the teacher (0.9937). Doubling one of the 24 activation scales in
+# the exported file gives 0.9945, so 0.995 still fails a wrong export (a 10% error, 0.9959, passes:
+# the metric check against the teacher is what bounds the damage then).
+QUANTIZED_MIN_COSINE = 0.995
 # An FP32 engine of an encoder must give the same embeddings as PyTorch (mean cosine).
 FP32_MIN_EMBEDDING_COSINE = 0.9999
 
