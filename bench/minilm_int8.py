@@ -117,6 +117,8 @@ def embed(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, toke
           batch: int = 32) -> np.ndarray:
     """Sentence embeddings; a graph that returns token states is pooled and normalized here."""
     names = [i.name for i in session.get_inputs()]
+    static = session.get_inputs()[0].shape[0]
+    batch = static if isinstance(static, int) else batch  # a static-shape engine takes its own batch
     out = []
     for s in range(0, len(ids), batch):
         feeds = {"input_ids": ids[s:s + batch], "attention_mask": mask[s:s + batch]}
