@@ -55,7 +55,9 @@ def op_kind(node: fx.Node) -> str | None:
 
 def to_graph_module(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule, int | None]:
     """A private aten-level copy of `module` (the teacher stays untouched), and its static batch."""
-    gm, static = _aten_copy(module, spec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, not the user's
+        gm, static = _aten_copy(module, spec)
     _drop_input_guards(gm)
     # torch.export's tracer class cannot rebuild the module when it is unpickled (--resume).
     gm._tracer_cls = gm.graph._tracer_cls = None
@@ -101,9 +103,7 @@ def _aten_copy(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule, int 
         raise CompressError(f"torch.export cannot capture the model for quantization: {str(e).splitlines()[0][:300]}") from None
     # The deep copy drops the unlifted module's train()/eval() guards (local lambdas): the copy
     # pickles into the run directory and the TorchScript exporter can call eval() on it.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch's own pytree deprecation, not the user's
-        return copy.deepcopy(program.module()), static
+    return copy.deepcopy(program.module()), static
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
