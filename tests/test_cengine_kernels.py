@@ -246,6 +246,117 @@ def test_pools(lib, cip):
     np.testing.assert_array_equal(g, fp.int_requant(x.reshape(c, -1).astype(np.int64).sum(1) - zx * H * W, m1, s1, zy))
 
 
+# pools with ceil_mode (ONNX / onnxruntime semantics): H, W, (kh, kw), (sh, sw), pads (t, l, b, r),
+# (dh, dw), ceil_mode
+POOL_CASES = [
+    (9, 7, (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 1),  # last windows hang over the end
+    (8, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # ... and over the padding
+    (5, 5, (2, 2), (2, 2), (1, 1, 1, 1), (1, 1), 1),  # a window starting in the end pad is dropped
+    (10, 7, (3, 2), (3, 2), (1, 0, 1, 1), (1, 1), 1),  # asymmetric kernel, strides and pads
+    (11, 9, (3, 3), (2, 2), (1, 1, 1, 1), (2, 2), 1),  # dilated
+    (6, 13, (3, 3), (2, 4), (2, 1, 2, 1), (1, 1), 1),  # pads of 2, stride 4 across
+    (9, 7, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 0),  # floor mode, for comparison
+]
+
+
+def pool_out(n, k, s, p0, p1, d, ceil):
+    """onnxruntime's pooled size along one axis."""
+    span = n + p0 + p1 - (k - 1) * d - 1
+    o = (-(-span // s) if ceil else span // s) + 1
+    return o - 1 if ceil and (o - 1) * s >= n + p0 else o
+
+
+def pool_windows(H, W, k, s, pads, d, ceil):
+    """For every output position, the (row, col) taps of its window in input coordinates."""
+    pt, pl, pb, pr = pads
+    Ho, Wo = pool_out(H, k[0], s[0], pt, pb, d[0], ceil), pool_out(W, k[1], s[1], pl, pr, d[1], ceil)
+    return Ho, Wo, [[[(oy * s[0] - pt + ky * d[0], ox * s[1] - pl + kx * d[1])
+                      for ky in range(k[0]) for kx in range(k[1])] for ox in range(Wo)] for oy in range(Ho)]
+
+
+def avgpool_ref(x, k, s, pads, d, ceil, cip):
+    """(sum of (x - zx) over the taps inside the image, divisor) per output: the divisor counts
+    the taps inside the padded input (count_include_pad) or inside the image."""
+    c, H, W = x.shape
+    pt, pl, pb, pr = pads
+    Ho, Wo, win = pool_windows(H, W, k, s, pads, d, ceil)
+    tot, div = np.zeros((c, Ho, Wo), np.int64), np.zeros((Ho, Wo), np.int64)
+    for oy in range(Ho):
+        for ox in range(Wo):
+            inside = [(r, q) for r, q in win[oy][ox] if 0 <= r < H and 0 <= q < W]
+            padded = [(r, q) for r, q in win[oy][ox] if -pt <= r < H + pb and -pl <= q < W + pr]
+            for r, q in inside:
+                tot[:, oy, ox] += x[:, r, q]
+            div[oy, ox] = max(1, len(padded) if cip else len(inside))
+    return tot, div
+
+
+@pytest.mark.parametrize("cip", [0, 1])
+@pytest.mark.parametrize("case", POOL_CASES, ids=[f"pool{i}" for i in range(len(POOL_CASES))])
+def test_pools_ceil_mode(lib, case, cip):
+    H, W, k, s, pads, d, ceil = case
+    c, zx, zy, sx, sy = 3, -4, 2, 0.05, 0.04
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (c, H, W), dtype=np.int8)
+    Ho, Wo, win = pool_windows(H, W, k, s, pads, d, ceil)
+    # average pool (the model's pads; windows may hang over them)
+    mult, shift = fp.quantize_multipliers([sx / (sy * n) for n in range(1, k[0] * k[1] + 1)])
+    tot, div = avgpool_ref(x.astype(np.int64) - zx, k, s, pads, d, ceil, cip)
+    want = fp.int_requant(tot, mult[div - 1], shift[div - 1], zy)
+    y = np.full((c, Ho, Wo), 99, np.int8)
+    p = PoolT(c, H, W, Ho, Wo, *k, *s, *d, *pads, zx, zy, cip, p32(mult), p32(shift))
+    lib.ce_avgpool_q8(C.byref(p), p8(x), p8(y), None)
+    np.testing.assert_array_equal(y, want)
+    # max pool: bottom/right pads widened to cover every window, as the code generator does
+    pt, pl, pb, pr = pads
+    pb = max(pb, (Ho - 1) * s[0] + (k[0] - 1) * d[0] + 1 - H - pt)
+    pr = max(pr, (Wo - 1) * s[1] + (k[1] - 1) * d[1] + 1 - W - pl)
+    want = np.full((c, Ho, Wo), -128, np.int64)
+    for oy in range(Ho):
+        for ox in range(Wo):
+            for r, q in win[oy][ox]:
+                if 0 <= r < H and 0 <= q < W:
+                    want[:, oy, ox] = np.maximum(want[:, oy, ox], x[:, r, q])
+    scratch = np.zeros((H + pt + pb) * (W + pl + pr) + 32, np.int8)
+    p = PoolT(c, H, W, Ho, Wo, *k, *s, *d, pt, pl, pb, pr, 0, 0, 0, None, None)
+    lib.ce_maxpool_q8(C.byref(p), p8(x), p8(y), p8(scratch))
+    np.testing.assert_array_equal(y, want)
+
+
+@pytest.mark.parametrize("op", ["AveragePool", "MaxPool"])
+def test_pool_reference_is_onnxruntime(op):
+    """The references above (output size, windows, divisors) are what onnxruntime computes."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(3)
+    for H, W, k, s, pads, d, ceil in POOL_CASES:
+        for cip in ([0, 1] if op == "AveragePool" else [0]):
+            attrs = dict(kernel_shape=list(k), strides=list(s), pads=list(pads[:2]) + list(pads[2:]),
+                         dilations=list(d), ceil_mode=ceil)
+            if op == "AveragePool":
+                attrs["count_include_pad"] = cip
+            g = helper.make_graph([helper.make_node(op, ["x"], ["y"], **attrs)], "pool",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, H, W])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.log_severity_level = 3  # onnx<22 shape inference disagrees on dropped windows
+            sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            x = rng.integers(-50, 50, (2, H, W)).astype(np.float32)
+            got = sess.run(None, {"x": x[None]})[0][0]
+            if op == "AveragePool":
+                tot, div = avgpool_ref(x.astype(np.int64), k, s, pads, d, ceil, cip)
+                want = tot / div
+            else:
+                Ho, Wo, win = pool_windows(H, W, k, s, pads, d, ceil)
+                want = np.array([[[max(x[ch, r, q] for r, q in win[oy][ox] if 0 <= r < H and 0 <= q < W)
+                                   for ox in range(Wo)] for oy in range(Ho)] for ch in range(2)])
+            assert got.shape == want.shape, (op, H, W, k, s, pads, d, ceil)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=str((H, W, k, s, pads, d, ceil, cip)))
+
+
 def test_transpose(lib):
     x = np.arange(2 * 3 * 5 * 7, dtype=np.int8).reshape(2, 3, 5, 7)
     perm = np.array([0, 2, 3, 1], np.int32)
@@ -257,6 +368,12 @@ def test_transpose(lib):
     yf = np.zeros(24, np.float32)
     lib.ce_transpose(2, p32(np.array([4, 6], np.int32)), p32(np.array([1, 0], np.int32)), 4, pf(xf), pf(yf))
     np.testing.assert_array_equal(yf.reshape(6, 4), xf.T)
+    # the last axis stays last (attention heads): whole rows move
+    for shape, perm in (((2, 5, 3, 7), (0, 2, 1, 3)), ((4, 3, 6), (1, 0, 2)), ((3, 8), (0, 1))):
+        xh = np.random.default_rng(1).random(shape).astype(np.float32)
+        yh = np.zeros(xh.size, np.float32)
+        lib.ce_transpose(len(shape), p32(np.array(shape, np.int32)), p32(np.array(perm, np.int32)), 4, pf(xh), pf(yh))
+        np.testing.assert_array_equal(yh.reshape(xh.transpose(perm).shape), xh.transpose(perm))
 
 
 def test_float_kernels(lib):

@@ -10,8 +10,9 @@ Insertion rules, by the profile's `quantization.insertion`:
   goes to a float op (a Transformer's residual into LayerNorm) gains no speed, only rounding error.
 - every-op: like onnxruntime, plus the outputs of every other compute op the backend can run in
   integer (QNN HTP runs LayerNorm/Softmax/GELU quantized too).
-- cengine: every-op, except that an Add is quantized only where its sum flows into another int8
-  op: the C engine adds in float where the sum feeds LayerNorm (a Transformer's residual stream,
+- cengine: every-op, except that Linear/MatMul outputs and Adds are quantized only where the value
+  flows into another int8 op (the C engine runs int8 GEMMs with float outputs): the C engine adds
+  in float where the sum feeds LayerNorm (a Transformer's residual stream,
   whose outlier channels int8 cannot hold: MiniLM PTQ cosine 0.950 with int8 residuals, 0.982
   without).
 """
@@ -50,9 +51,11 @@ RULES: dict[str, InsertionRule] = {
     "every-op": InsertionRule(frozenset({"conv", "linear", "matmul", "add"}),
                               frozenset({"conv", "linear", "matmul", "add", "pool", "norm", "softmax", "gelu"}),
                               frozenset({"other"})),
+    # cengine: int8 Linear/MatMul write float where a float op follows (residual into LayerNorm,
+    # GELU, attention): their outputs, like Adds, are quantized only where an int8 op reads them
     "cengine": InsertionRule(frozenset({"conv", "linear", "matmul", "add"}),
                              frozenset({"conv", "linear", "matmul", "add", "pool", "norm", "softmax", "gelu"}),
-                             frozenset({"other"}), frozenset({"add"})),
+                             frozenset({"other"}), frozenset({"linear", "matmul", "add"})),
 }
 
 

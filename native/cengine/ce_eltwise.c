@@ -1,4 +1,5 @@
-/* ce_eltwise.c - element-wise int8 kernels: Add, requantize, ReLU/Clip, (de)quantize. */
+/* ce_eltwise.c - element-wise int8 kernels: Add, requantize, ReLU/Clip, table lookup,
+ * (de)quantize. */
 #include "ce_internal.h"
 
 /* The add kernel folds both zero points into one constant:
@@ -163,6 +164,26 @@ void ce_clamp_q8(int32_t n, const int8_t *x, int8_t *y, int32_t lo, int32_t hi)
 }
 #endif
 
+#if !defined(CE_RVV)
+void ce_lut_q8(int32_t n, const int8_t *x, const int8_t *table, int8_t *y)
+{
+    int32_t i;
+    for (i = 0; i < n; i++) y[i] = table[(int32_t)x[i] + 128];
+}
+#else
+/* Indexed load with 8-bit offsets: x + 128 (x ^ 0x80 as unsigned) addresses the 256-entry table. */
+void ce_lut_q8(int32_t n, const int8_t *x, const int8_t *table, int8_t *y)
+{
+    int32_t i = 0;
+    while (i < n) {
+        const size_t vl = __riscv_vsetvl_e8m1((size_t)(n - i));
+        const vuint8m1_t off = __riscv_vxor_vx_u8m1(__riscv_vle8_v_u8m1((const uint8_t *)x + i, vl), 0x80, vl);
+        __riscv_vse8_v_i8m1(y + i, __riscv_vluxei8_v_i8m1(table, off, vl), vl);
+        i += (int32_t)vl;
+    }
+}
+#endif
+
 /* QuantizeLinear: clamp first (to integer bounds, which commutes with rounding), then round half
  * to even with the 1.5 * 2^23 trick (exact for |v| < 2^22); NaN maps to -128. Branch-free so that
  * compilers vectorize it. */
@@ -170,8 +191,23 @@ void ce_quantize_f32(int32_t n, const float *x, float scale, int32_t zp, int8_t 
 {
     const float magic = 12582912.0f; /* 1.5 * 2^23 */
     const float lo = (float)(-128 - zp), hi = (float)(127 - zp);
-    int32_t i;
-    for (i = 0; i < n; i++) {
+    int32_t i = 0;
+#if defined(CE_RVV)
+    /* the same IEEE operations per element (vfmax returns lo for a NaN, like the scalar code); the
+     * rounded integer is read from the bits of v + 1.5 * 2^23 (0x4B400000) rather than converted
+     * with vfcvt, which qemu 7.2 cannot run in -singlestep mode */
+    while (i < n) {
+        const size_t vl = __riscv_vsetvl_e32m4((size_t)(n - i));
+        vfloat32m4_t v = __riscv_vfdiv_vf_f32m4(__riscv_vle32_v_f32m4(x + i, vl), scale, vl);
+        v = __riscv_vfmin_vf_f32m4(__riscv_vfmax_vf_f32m4(v, lo, vl), hi, vl);
+        v = __riscv_vfadd_vf_f32m4(v, magic, vl);
+        const vint32m4_t q = __riscv_vadd_vx_i32m4(__riscv_vreinterpret_v_f32m4_i32m4(v), zp - 0x4B400000, vl);
+        __riscv_vse8_v_i8m1(y + i, __riscv_vncvt_x_x_w_i8m1(__riscv_vncvt_x_x_w_i16m2(q, vl), vl), vl);
+        i += (int32_t)vl;
+    }
+    return;
+#endif
+    for (; i < n; i++) {
         float v = x[i] / scale;
         v = v >= lo ? v : lo;
         v = v <= hi ? v : hi;

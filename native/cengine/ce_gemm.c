@@ -68,6 +68,12 @@ void ce_gemm_xw(int32_t T, int32_t M, int32_t K, const int8_t *A, const int8_t *
                 int32_t zp, int32_t lo, int32_t hi, float *yf, const float *fscale)
 {
     int32_t t, m, k;
+#if defined(CE_HAVE_AVX2)
+    if (K >= 16) {
+        ce_gemm_xw_avx2(T, M, K, A, W, Y, ldy, bias, mult, shift, zp, lo, hi, yf, fscale);
+        return;
+    }
+#endif
     for (t = 0; t < T; t++) {
         const int8_t *a = A + (size_t)t * K;
         for (m = 0; m < M; m++) {
@@ -189,7 +195,20 @@ void ce_gemm_xw(int32_t T, int32_t M, int32_t K, const int8_t *A, const int8_t *
                 const int8_t *w0 = W + (size_t)m * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
                 vint32m4_t c0 = __riscv_vmv_v_x_i32m4(0, vlmax), c1 = c0, c2 = c0, c3 = c0;
                 size_t k = 0;
-                while (k < (size_t)K) {
+                /* whole vectors: the four products first (SEW 8), then the four widening adds
+                 * (SEW 16), so the loop changes vtype twice per step rather than eight times */
+                for (; k + vlmax <= (size_t)K; k += vlmax) {
+                    const vint8m1_t av = __riscv_vle8_v_i8m1(a + k, vlmax);
+                    const vint16m2_t p0 = __riscv_vwmul_vv_i16m2(av, __riscv_vle8_v_i8m1(w0 + k, vlmax), vlmax);
+                    const vint16m2_t p1 = __riscv_vwmul_vv_i16m2(av, __riscv_vle8_v_i8m1(w1 + k, vlmax), vlmax);
+                    const vint16m2_t p2 = __riscv_vwmul_vv_i16m2(av, __riscv_vle8_v_i8m1(w2 + k, vlmax), vlmax);
+                    const vint16m2_t p3 = __riscv_vwmul_vv_i16m2(av, __riscv_vle8_v_i8m1(w3 + k, vlmax), vlmax);
+                    c0 = __riscv_vwadd_wv_i32m4(c0, p0, vlmax);
+                    c1 = __riscv_vwadd_wv_i32m4(c1, p1, vlmax);
+                    c2 = __riscv_vwadd_wv_i32m4(c2, p2, vlmax);
+                    c3 = __riscv_vwadd_wv_i32m4(c3, p3, vlmax);
+                }
+                while (k < (size_t)K) { /* the tail: lanes past vl keep their sums */
                     const size_t vl = __riscv_vsetvl_e8m1((size_t)K - k);
                     const vint8m1_t av = __riscv_vle8_v_i8m1(a + k, vl);
                     c0 = __riscv_vwadd_wv_i32m4_tu(c0, c0, __riscv_vwmul_vv_i16m2(av, __riscv_vle8_v_i8m1(w0 + k, vl), vl), vl);

@@ -52,6 +52,9 @@ static inline void ce_rvv_shift_store(vint32m4_t v, int8_t *dst, int32_t shift, 
 void ce_gemm_wx_avx2(int32_t M, int32_t N, int32_t K, const int8_t *W, const int8_t *X,
                      int32_t ldx, int8_t *Y, int32_t ldy, const int32_t *bias, const int32_t *mult,
                      const int32_t *shift, int32_t zp, int32_t lo, int32_t hi);
+void ce_gemm_xw_avx2(int32_t T, int32_t M, int32_t K, const int8_t *A, const int8_t *W, int8_t *Y,
+                     int32_t ldy, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                     int32_t zp, int32_t lo, int32_t hi, float *yf, const float *fscale);
 void ce_dw_row_avx2(const int8_t *row, const int32_t *tap, const int8_t *w, int32_t kk, int32_t n,
                     int32_t bias, int32_t mult, int32_t shift, int32_t zp, int32_t lo, int32_t hi,
                     int8_t *y);

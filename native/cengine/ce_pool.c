@@ -3,6 +3,7 @@
 
 static int pool_padded(const ce_pool_t *p) { return (p->pt | p->pl | p->pb | p->pr) != 0; }
 
+/* MaxPool's padded plane; AveragePool needs no scratch. */
 size_t ce_pool_scratch(const ce_pool_t *p)
 {
     return pool_padded(p) ? (size_t)(p->hin + p->pt + p->pb) * (size_t)(p->win + p->pl + p->pr) : 0;
@@ -61,42 +62,52 @@ void ce_maxpool_q8(const ce_pool_t *p, const int8_t *x, int8_t *y, int8_t *scrat
     }
 }
 
-/* AveragePool: padded positions hold in_zp (the real value 0). The divisor is the window size,
- * or with count_include_pad = 0 the number of taps inside the image; mult/shift are indexed by
- * divisor - 1. Scalar in every build (it is rare in the target networks). */
+/* Ceiling division for a possibly negative numerator (b > 0). */
+static int32_t pool_ceildiv(int32_t a, int32_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+/* Taps of one window along one axis: window start s0 (input coordinates, >= -pad_head), k taps
+ * dilation d, n input positions, pad_tail. [*a, *b) are the taps inside the input; *np the
+ * taps inside the padded input [-pad_head, n + pad_tail) (fewer than k only for a window that
+ * hangs over the end in ceil_mode). */
+static void pool_taps(int32_t s0, int32_t k, int32_t d, int32_t n, int32_t pad_tail, int32_t *a,
+                      int32_t *b, int32_t *np)
+{
+    *a = s0 >= 0 ? 0 : ce_min32(k, pool_ceildiv(-s0, d));
+    *b = ce_max32(*a, ce_min32(k, pool_ceildiv(n - s0, d)));
+    *np = ce_max32(0, ce_min32(k, pool_ceildiv(n + pad_tail - s0, d)));
+}
+
+/* AveragePool with ONNX / onnxruntime semantics, ceil_mode included: pt/pl/pb/pr are the model's
+ * pads and hout/wout may make the last windows hang over the bottom/right end (ceil_mode). Padded
+ * positions hold the real value 0, so the sum runs over the taps inside the image only. The
+ * divisor is, with count_include_pad = 1, the number of taps inside the padded input
+ * [-pt, hin + pb) x [-pl, win + pr) (kh * kw but for windows hanging past it), otherwise the
+ * number of taps inside the image; mult/shift are indexed by divisor - 1. Needs no scratch.
+ * Scalar in every build (it is rare in the target networks). */
 void ce_avgpool_q8(const ce_pool_t *p, const int8_t *x, int8_t *y, int8_t *scratch)
 {
-    const int32_t hw = p->hin * p->win, ohw = p->hout * p->wout;
-    const int32_t wp = p->win + p->pl + p->pr;
+    const int32_t hw = p->hin * p->win, ohw = p->hout * p->wout, zx = p->in_zp;
     int32_t c, oy, ox, ky, kx;
+    (void)scratch;
     for (c = 0; c < p->c; c++) {
         const int8_t *plane = x + (size_t)c * hw;
         int8_t *yp = y + (size_t)c * ohw;
-        if (pool_padded(p)) {
-            ce_pad_plane(plane, p->hin, p->win, p->pt, p->pl, p->pb, p->pr, (int8_t)p->in_zp, scratch, c == 0);
-            plane = scratch;
-        }
         for (oy = 0; oy < p->hout; oy++) {
+            const int32_t y0 = oy * p->sh - p->pt;
+            int32_t ya, yb, ny;
+            pool_taps(y0, p->kh, p->dh, p->hin, p->pb, &ya, &yb, &ny);
             for (ox = 0; ox < p->wout; ox++) {
-                int32_t sum = 0, cnt = 0, taps = 0;
-                for (ky = 0; ky < p->kh; ky++) {
-                    const int32_t py = oy * p->sh + ky * p->dh; /* padded coordinates */
-                    for (kx = 0; kx < p->kw; kx++) {
-                        const int32_t px = ox * p->sw + kx * p->dw;
-                        const int inside = py >= p->pt && py < p->pt + p->hin && px >= p->pl &&
-                                           px < p->pl + p->win;
-                        if (py >= p->pt + p->hin + p->pb || px >= wp) continue; /* beyond pads */
-                        sum += plane[(size_t)py * wp + px] - p->in_zp;
-                        cnt += inside;
-                        taps++;
-                    }
+                const int32_t x0 = ox * p->sw - p->pl;
+                int32_t xa, xb, nx, sum = 0, d;
+                pool_taps(x0, p->kw, p->dw, p->win, p->pr, &xa, &xb, &nx);
+                for (ky = ya; ky < yb; ky++) {
+                    const int8_t *row = plane + (size_t)(y0 + ky * p->dh) * p->win;
+                    for (kx = xa; kx < xb; kx++) sum += row[x0 + kx * p->dw] - zx;
                 }
-                {
-                    const int32_t d = p->count_include_pad ? p->kh * p->kw : (cnt > 0 ? cnt : 1);
-                    (void)taps;
-                    yp[(size_t)oy * p->wout + ox] =
-                        ce_requant(sum, p->mult[d - 1], p->shift[d - 1], p->out_zp, -128, 127);
-                }
+                d = p->count_include_pad ? ny * nx : (yb - ya) * (xb - xa);
+                if (d < 1) d = 1; /* a window with no tap inside: sum 0, the result is out_zp */
+                yp[(size_t)oy * p->wout + ox] =
+                    ce_requant(sum, p->mult[d - 1], p->shift[d - 1], p->out_zp, -128, 127);
             }
         }
     }

@@ -1,7 +1,7 @@
-/* ce_x86.c - AVX2 micro-kernel for the host build's int8 GEMM (x86-64 hosts only).
+/* ce_x86.c - AVX2 micro-kernels for the host build's int8 GEMMs (x86-64 hosts only).
  *
  * The portable scalar kernels are the reference; on an x86 host compiled with AVX2 (for example
- * -march=native) ce_gemm_wx uses this kernel instead, because compilers do not turn the scalar
+ * -march=native) ce_gemm_wx and ce_gemm_xw use these kernels instead, because compilers do not turn the scalar
  * loops into vpmaddwd. It computes exactly the same integers (int16 products summed in pairs into
  * int32 lanes, the same requantization), so host, rv64gc and rv64gcv builds stay bit-exact.
  * Define CE_SCALAR_ONLY to build the host engine from the scalar reference alone.
@@ -311,6 +311,56 @@ void ce_gemm_wx_avx2(int32_t M, int32_t N, int32_t K, const int8_t *W, const int
                     tile_4x16(rows, nt, K, (const int32_t *)w16, panel, 16, Y + (size_t)m * ldy + n0, ldy,
                               bias + m, rq);
             }
+        }
+    }
+}
+
+/* A*W^T (Gemm / MatMul with weights, Transformer linears): blocks of 4 weight rows x 4 activation
+ * rows; 16 k per step, both sides widened to int16 and multiplied in pairs by vpmaddwd (exact
+ * int32 sums). Weight rows are the outer loop, so each block of W is read from memory once and
+ * the activations (T x K, reused by every block) stay in cache. */
+static void xw_block(int32_t tn, int32_t mn, int32_t K, const int8_t *A, const int8_t *W, int32_t *acc)
+{
+    __m256i c[4][4];
+    int32_t i, j, k;
+    for (i = 0; i < 4; i++)
+        for (j = 0; j < 4; j++) c[i][j] = _mm256_setzero_si256();
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m256i a[4], w[4];
+        for (i = 0; i < 4; i++)
+            a[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(A + (size_t)(i < tn ? i : 0) * K + k)));
+        for (j = 0; j < 4; j++)
+            w[j] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(W + (size_t)(j < mn ? j : 0) * K + k)));
+        for (i = 0; i < 4; i++)
+            for (j = 0; j < 4; j++) c[i][j] = _mm256_add_epi32(c[i][j], _mm256_madd_epi16(a[i], w[j]));
+    }
+    for (i = 0; i < tn; i++)
+        for (j = 0; j < mn; j++) {
+            int32_t v = hsum8(c[i][j]), kk;
+            const int8_t *ar = A + (size_t)i * K, *wr = W + (size_t)j * K;
+            for (kk = k; kk < K; kk++) v += (int32_t)ar[kk] * wr[kk];
+            acc[i * 4 + j] = v;
+        }
+}
+
+void ce_gemm_xw_avx2(int32_t T, int32_t M, int32_t K, const int8_t *A, const int8_t *W, int8_t *Y,
+                     int32_t ldy, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                     int32_t zp, int32_t lo, int32_t hi, float *yf, const float *fscale)
+{
+    int32_t m, t, i, j, acc[16];
+    for (m = 0; m < M; m += 4) {
+        const int32_t mn = ce_min32(4, M - m);
+        for (t = 0; t < T; t += 4) {
+            const int32_t tn = ce_min32(4, T - t);
+            xw_block(tn, mn, K, A + (size_t)t * K, W + (size_t)m * K, acc);
+            for (i = 0; i < tn; i++)
+                for (j = 0; j < mn; j++) {
+                    const int32_t v = acc[i * 4 + j] + bias[m + j];
+                    if (yf)
+                        yf[(size_t)(t + i) * ldy + m + j] = (float)v * fscale[m + j];
+                    else
+                        Y[(size_t)(t + i) * ldy + m + j] = ce_requant(v, mult[m + j], shift[m + j], zp, lo, hi);
+                }
         }
     }
 }

@@ -8,9 +8,11 @@
  *     uses a fixed SEW/LMUL ratio (e8m1 <-> e16m2 <-> e32m4 <-> e64m8), so it runs on any VLEN.
  * Both versions compute exactly the same integers (integer arithmetic is associative), so the
  * scalar and RVV builds of an engine are bit-exact. Float kernels (Softmax, LayerNorm, GELU,
- * quantize/dequantize) are scalar in every build, use no libm transcendental (own exp/erf
- * polynomials) and must be compiled with -ffp-contract=off, so they are bit-exact across
- * compilers and ISAs too.
+ * quantize/dequantize, the generic element-wise ops) are scalar in every build (the float matmul
+ * has an RVV path that keeps every element's operation order), use no libm transcendental (own
+ * exp/erf polynomials; fmaf and sqrtf are correctly rounded everywhere) and must be compiled with
+ * -ffp-contract=off, so they are bit-exact across compilers and ISAs too. NaN payloads are the
+ * one exception (x86 and RISC-V make different default NaNs); they do not occur in valid models.
  *
  * Tensor layout: NCHW (batch 1, so CHW), row-major, int8 activations with a per-tensor
  * (scale, zero point), int8 weights symmetric (zero point 0) per output channel, int32 bias with
@@ -35,6 +37,13 @@
  *
  * QuantizeLinear: y = clamp(rint(x / scale) + zp) with rint half-to-even (as ONNX specifies);
  * DequantizeLinear: y = (x - zp) * scale.
+ *
+ * Transformer pieces that stay float (attention scores and probabilities, masks, residual sums,
+ * pooling) use the generic float kernels below: element-wise ops with numpy broadcasting, reductions,
+ * a float matrix product. Each float result is computed in the same order in every build (the
+ * RVV float matmul vectorizes across output columns, so every output element sees the same
+ * sequence of correctly rounded operations, explicit fused multiply-adds, as the scalar loop).
+ * Integer inputs (token ids, masks) are int64/int32/bool tensors: cast, expanded and gathered.
  */
 #ifndef CENGINE_H
 #define CENGINE_H
@@ -121,14 +130,20 @@ void ce_clamp_q8(int32_t n, const int8_t *x, int8_t *y, int32_t lo, int32_t hi);
 void ce_quantize_f32(int32_t n, const float *x, float scale, int32_t zp, int8_t *y);
 void ce_dequantize_i8(int32_t n, const int8_t *x, float scale, int32_t zp, float *y);
 
-/* ---- pooling (C planes of H x W) ---- */
+/* ---- pooling (C planes of H x W) ----
+ * Window (oy, ox) starts at input row oy*sh - pt, column ox*sw - pl; hout/wout are the caller's
+ * (ceil_mode: the last windows may reach past the bottom/right padding). MaxPool: pads must
+ * cover every window (the code generator widens pb/pr for ceil_mode), scratch holds the padded
+ * plane (ce_pool_scratch bytes). AveragePool: pads are the model's (they count with
+ * count_include_pad), no scratch (may be NULL); divisor as onnxruntime: taps inside the padded
+ * input (count_include_pad = 1) or inside the image (0). */
 typedef struct {
     int32_t c, hin, win, hout, wout, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
     int32_t in_zp, out_zp;
     int32_t count_include_pad;             /* AveragePool only */
     const int32_t *mult, *shift;           /* AveragePool: by window count - 1 (kh*kw entries) */
 } ce_pool_t;
-size_t ce_pool_scratch(const ce_pool_t *p);
+size_t ce_pool_scratch(const ce_pool_t *p); /* MaxPool's padded plane (AveragePool: none) */
 void ce_maxpool_q8(const ce_pool_t *p, const int8_t *x, int8_t *y, int8_t *scratch);
 void ce_avgpool_q8(const ce_pool_t *p, const int8_t *x, int8_t *y, int8_t *scratch);
 /* y[c] = requant(sum(x[c]) - zx * hw) with M = x_scale / (y_scale * hw) */
@@ -143,7 +158,55 @@ void ce_transpose(int32_t rank, const int32_t *dims, const int32_t *perm, int32_
  * ystride bytes. */
 void ce_copy_blocks(int32_t outer, int32_t chunk, const void *x, void *y, int32_t ystride);
 
-/* ---- float kernels (scalar in every build, bit-exact across ISAs) ---- */
+/* ---- element types (ce_cast, index tensors of ce_gather) ---- */
+enum { CE_F32 = 0, CE_I8 = 1, CE_I64 = 2, CE_I32 = 3, CE_U8 = 4 };
+
+/* ---- table lookup: y[i] = table[x[i] + 128] (an int8 -> int8 element-wise function, e.g. a
+ * GELU between a DequantizeLinear and a QuantizeLinear, tabulated by the code generator) ---- */
+void ce_lut_q8(int32_t n, const int8_t *x, const int8_t *table, int8_t *y);
+
+/* ---- integer / mixed layout helpers ---- */
+/* Element type conversion, ONNX Cast semantics: float -> integer truncates toward zero (and
+ * saturates), anything -> bool is (x != 0), bool -> anything is 0 or 1. */
+void ce_cast(int32_t n, int32_t from, const void *x, int32_t to, void *y);
+/* y (contiguous, dims[0..rank)) = x read with element strides xs (0 along broadcast axes):
+ * Expand, Slice and Split (x offset to the first element, strides times the steps).
+ * esize: 1, 4 or 8 bytes. */
+void ce_broadcast_copy(int32_t rank, const int32_t *dims, const int32_t *xs, int32_t esize,
+                       const void *x, void *y);
+/* Gather along one axis: x is outer x axis_len x (inner_bytes), y is outer x nidx x (inner_bytes);
+ * idx (CE_I64 or CE_I32) are clamped into [0, axis_len) after adding axis_len to negatives. */
+void ce_gather(int32_t outer, int32_t axis_len, int32_t inner_bytes, int32_t nidx, const void *idx,
+               int32_t idx_type, const void *x, void *y);
+/* Embedding lookup of an int8 table (rows x cols): y[j][c] = (table[i][c] - zp) * scale[i or 0],
+ * i = idx[j] (clamped as in ce_gather); per_row: one scale per table row. Only the gathered rows
+ * are dequantized. */
+void ce_gather_dq_rows(int32_t nidx, const void *idx, int32_t idx_type, int32_t rows, int32_t cols,
+                       const int8_t *table, int32_t zp, const float *scale, int32_t per_row,
+                       float *y);
+
+/* ---- float kernels (bit-exact across ISAs) ---- */
+enum { CE_ADD = 0, CE_SUB = 1, CE_MUL = 2, CE_DIV = 3, CE_MAX = 4, CE_MIN = 5 };
+enum { CE_SQRT = 0, CE_ERF = 1, CE_NEG = 2, CE_ABS = 3, CE_EXP = 4, CE_RECIP = 5, CE_TANH = 6,
+       CE_SIGMOID = 7, CE_SQUARE = 8 };
+enum { CE_RSUM = 0, CE_RMEAN = 1, CE_RMAX = 2, CE_RMIN = 3, CE_RSUMSQ = 4, CE_RL2 = 5 };
+/* y = op(x) element-wise (exp, erf, tanh, sigmoid from ce_expf/ce_erff; sqrt is IEEE) */
+void ce_unary_f32(int32_t op, int32_t n, const float *x, float *y);
+/* y[i] = a[.] op b[.] over an output of rank 1..6 (dims): a and b are read with element strides
+ * as / bs (0 along axes they are broadcast on). */
+void ce_binary_f32(int32_t op, int32_t rank, const int32_t *dims, const int32_t *as,
+                   const int32_t *bs, const float *a, const float *b, float *y);
+/* y = c ? a : b, broadcast like ce_binary_f32 (c: bool bytes). */
+void ce_where_f32(int32_t rank, const int32_t *dims, const int32_t *cs, const int32_t *as,
+                  const int32_t *bs, const uint8_t *c, const float *a, const float *b, float *y);
+/* Reduce the middle axis of an outer x n x inner tensor: y is outer x inner; the n values of each
+ * output are combined in index order. */
+void ce_reduce_f32(int32_t op, int32_t outer, int32_t n, int32_t inner, const float *x, float *y);
+/* Y[t][m] = sum_k A[t][k] * B[k][m] (k in order from 0.0f, each step one fused multiply-add),
+ * row strides lda/ldb/ldy. */
+void ce_matmul_f32(int32_t T, int32_t M, int32_t K, const float *A, int32_t lda, const float *B,
+                   int32_t ldb, float *Y, int32_t ldy);
+
 float ce_expf(float x);
 float ce_erff(float x);
 void ce_softmax_f32(int32_t rows, int32_t cols, const float *x, float *y);

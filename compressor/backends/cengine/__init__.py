@@ -5,9 +5,11 @@
     y = run_engine(Path("out/engine"), x, "rv64gcv")              # under qemu-riscv64
     report = verify(Path("model_qdq.onnx"), Path("out/engine"), x)
 
-The engine's input is float32 (quantized inside with the model's input QuantizeLinear
-parameters) and its output is float32 (the dequantized int8 result). Kernels live in
-native/cengine/ and are copied into every engine directory, so it can be copied to a board as is.
+The engine takes the model's inputs as they are (float32, quantized inside with the model's
+input QuantizeLinear parameters; int64 token ids and attention masks; int8), at batch 1 and static
+shapes (`dims` gives symbolic dimensions such as the sequence length), and writes one float32
+output. Kernels live in native/cengine/ and are copied into every engine directory, so it can be
+copied to a board as is. A multi-input model's inputs go to `run_engine` as a list of arrays.
 """
 
 from __future__ import annotations
@@ -41,17 +43,17 @@ def _load(model) -> onnx.ModelProto:
         raise CompressError(f"cannot read ONNX model '{model}': {e}") from e
 
 
-def unsupported_nodes(model) -> list[tuple[str, str, str]]:
+def unsupported_nodes(model, dims: dict[str, int] | None = None) -> list[tuple[str, str, str]]:
     """(op type, node name, reason) for every node the C engine cannot run."""
-    low = Lowering(_load(model))
+    low = Lowering(_load(model), dims=dims)
     low.run()
     return low.errors
 
 
-def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+def unsupported_ops(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> list[str]:
     """Op types (in graph order, each once) of the nodes the C engine cannot run; [] if none."""
     seen: list[str] = []
-    for op, _, _ in unsupported_nodes(model):
+    for op, _, _ in unsupported_nodes(model, dims):
         if op not in seen:
             seen.append(op)
     return seen
@@ -82,16 +84,21 @@ def _tune_scratch(graph) -> None:
             op.scratch = K * nt + 32  # + slack for the host's 32-byte vector moves
 
 
-def generate(onnx_path: Path, out_dir: Path, name: str = "model") -> dict:
+DTYPE_NAME = {"f32": "float32", "i8": "int8", "i64": "int64", "i32": "int32", "u8": "bool"}
+
+
+def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str, int] | None = None) -> dict:
     """Write <name>.h, <name>.c, runner.c, Makefile and cengine/ (kernels) into out_dir.
 
-    Raises CompressError listing every unsupported node before writing anything. Returns the
-    engine info (also saved as out_dir/engine.json).
+    `dims`: values of symbolic input dimensions by name, e.g. {"sequence": 128} (the batch is
+    always 1; unnamed ones default to lower.DEFAULT_DIM). Raises CompressError listing every
+    unsupported node before writing anything. Returns the engine info (also saved as
+    out_dir/engine.json).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not name.isidentifier():
         raise CompressError(f"engine name '{name}' is not a C identifier")
-    low = Lowering(_load(onnx_path), name)
+    low = Lowering(_load(onnx_path), name, dims)
     graph = low.run()
     if low.errors or low.structure_errors:
         raise CompressError(_format_errors(low.errors, low.structure_errors))
@@ -101,17 +108,19 @@ def generate(onnx_path: Path, out_dir: Path, name: str = "model") -> dict:
     from .emit import write_engine
 
     write_engine(out_dir, graph, mem, name, onnx_path.name)
-    ib, ob = graph.input, graph.output
+    ob = graph.output
     kinds: dict[str, int] = {}
     for op in graph.ops:
         kinds[op.kind] = kinds.get(op.kind, 0) + 1
+    inputs = [{"name": nm, "shape": list(b.shape), "dtype": DTYPE_NAME[b.dtype],
+               "scale": q[0] if q else None, "zero_point": q[1] if q else None}
+              for nm, b, q in zip(graph.input_names, graph.inputs, graph.input_quants)]
     info = {
         "name": name,
         "source": str(onnx_path),
-        "input": {"name": graph.input_name, "shape": list(ib.shape),
-                  "dtype": "float32" if ib.dtype == "f32" else "int8",
-                  "scale": graph.input_quant[0] if graph.input_quant else None,
-                  "zero_point": graph.input_quant[1] if graph.input_quant else None},
+        "input": inputs[0],
+        "inputs": inputs,
+        "dims": dict(low.dims),
         "output": {"name": graph.output_name, "shape": list(ob.shape), "dtype": "float32",
                    "scale": graph.output_quant[0] if graph.output_quant else None,
                    "zero_point": graph.output_quant[1] if graph.output_quant else None},

@@ -1,7 +1,8 @@
 """The engine's intermediate representation: buffers and the ops that read and write them.
 
-A `Buf` is one tensor of the engine, int8 (with its per-tensor scale and zero point) or float32.
-Buffers live in the static arena unless they are the user's input or output (`external`), and
+A `Buf` is one tensor of the engine, int8 (with its per-tensor scale and zero point), float32, or
+an integer/boolean tensor (int64/int32 token ids, a bool mask: "i64", "i32", "u8").
+Buffers live in the static arena unless they are the user's inputs or output (`external`), and
 several buffers may share storage (`alias`: Reshape/Flatten views, in-place element-wise ops).
 An `Op` is one kernel call; it knows how to print itself as C once the memory plan has given
 every buffer an address.
@@ -14,18 +15,20 @@ from typing import Callable
 
 import numpy as np
 
-ESIZE = {"i8": 1, "f32": 4}
-CTYPE = {"i8": "int8_t", "f32": "float"}
+ESIZE = {"i8": 1, "f32": 4, "i64": 8, "i32": 4, "u8": 1}
+CTYPE = {"i8": "int8_t", "f32": "float", "i64": "int64_t", "i32": "int32_t", "u8": "uint8_t"}
+# the kernels' type codes (cengine.h: CE_F32, CE_I8, CE_I64, CE_I32, CE_U8)
+TYPE_CODE = {"f32": 0, "i8": 1, "i64": 2, "i32": 3, "u8": 4}
 
 
 @dataclass(eq=False)
 class Buf:
     name: str
     shape: tuple[int, ...]
-    dtype: str = "i8"  # "i8" | "f32"
+    dtype: str = "i8"  # "i8" | "f32" | "i64" | "i32" | "u8" (bool)
     scale: float = 1.0
     zp: int = 0
-    external: str | None = None  # "in" | "out" (user memory) | "const:<array>": not in the arena
+    external: str | None = None  # "in:<k>" (k-th input) | "out" (user memory) | "const:<array>": not in the arena
     alias: Buf | None = None  # storage shared with this buffer (same bytes)
     onnx: str = ""  # the ONNX tensor it holds (for traces)
 
@@ -64,12 +67,26 @@ class Op:
 class Graph:
     ops: list[Op] = field(default_factory=list)
     consts: list[tuple[str, str, np.ndarray]] = field(default_factory=list)  # (cname, ctype, data)
-    input: Buf | None = None
+    inputs: list[Buf] = field(default_factory=list)  # the model inputs, in ONNX order
+    input_names: list[str] = field(default_factory=list)
+    # per input: (scale, zp) the engine quantizes that float input with (None: not quantized)
+    input_quants: list[tuple[float, int] | None] = field(default_factory=list)
     output: Buf | None = None
-    input_name: str = ""
     output_name: str = ""
-    input_quant: tuple[float, int] | None = None  # (scale, zp) the engine quantizes its input with
     output_quant: tuple[float, int] | None = None  # (scale, zp) of the int8 tensor behind the output
+
+    # the first input (single-input models, and the `input` of the info struct)
+    @property
+    def input(self) -> Buf | None:
+        return self.inputs[0] if self.inputs else None
+
+    @property
+    def input_name(self) -> str:
+        return self.input_names[0] if self.input_names else ""
+
+    @property
+    def input_quant(self) -> tuple[float, int] | None:
+        return self.input_quants[0] if self.input_quants else None
 
     def const(self, prefix: str, ctype: str, data) -> str:
         name = f"{prefix}_{len(self.consts)}"
@@ -87,7 +104,7 @@ class Graph:
 
 
 def _csize(ctype: str) -> int:
-    return {"int8_t": 1, "int32_t": 4, "float": 4}[ctype]
+    return {"int8_t": 1, "uint8_t": 1, "int32_t": 4, "int64_t": 8, "float": 4}[ctype]
 
 
 class EmitContext:
@@ -103,8 +120,8 @@ class EmitContext:
     def ptr(self, buf: Buf) -> str:
         r = buf.root()
         ctype = CTYPE[buf.dtype]
-        if r.external == "in":
-            return f"(({ctype} *)in)"
+        if r.external and r.external.startswith("in:"):
+            return f"(({ctype} *)ins[{int(r.external[3:])}])"
         if r.external == "out":
             return f"(({ctype} *)out)"
         if r.external and r.external.startswith("const:"):

@@ -6,6 +6,7 @@ Every ONNX tensor name is bound to a *value*:
   buffer: the output of a DequantizeLinear of an activation, or a view of one (Reshape, MaxPool
   and friends move int8 values without changing them);
 * `FV(buf)`: a float32 buffer (graph input, Softmax/LayerNorm/GELU results, ...);
+* `TV(buf)`: an integer or boolean tensor (int64 token ids and attention masks, bool masks);
 * `WV`: an integer initializer behind a DequantizeLinear (weights, int32 bias);
 * `CV`: a constant (initializers, Constant nodes, folded shape arithmetic).
 
@@ -15,6 +16,13 @@ looks ahead for the QuantizeLinear that consumes its output (optionally through 
 which becomes the clamp range of the requantization): that is the DQ -> op -> Q pattern, and the
 Q (and the activation) are fused into the kernel. A QuantizeLinear of a float value becomes a
 quantize kernel; of a QV with the same parameters, nothing; with other parameters, a requantize.
+Where no QuantizeLinear follows (a residual Add into LayerNorm, attention scores, pooling), the
+op runs in float on dequantized inputs: the float32 arithmetic of onnxruntime's QDQ graph.
+Fusions (`ops.FUSIONS`) are tried on every node before its handler: they may claim a group of
+nodes (e.g. an element-wise chain between a DequantizeLinear and a QuantizeLinear -> a table).
+
+Shapes are static: the batch (the first dimension of every input) is 1 and every other symbolic
+input dimension takes its value from `dims` (by name, e.g. {"sequence": 128}) or DEFAULT_DIM.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from onnx import numpy_helper
 from compressor.errors import CompressError
 
 from .fixedpoint import quantize_value
-from .ir import Buf, Graph, Op
+from .ir import TYPE_CODE, Buf, Graph, Op
 
 
 VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
@@ -50,6 +58,11 @@ class QV:
 
 @dataclass(eq=False)
 class FV:
+    buf: Buf
+
+
+@dataclass(eq=False)
+class TV:
     buf: Buf
 
 
@@ -93,37 +106,65 @@ def c_ident(name: str) -> str:
 
 
 # ---- model preparation --------------------------------------------------------------------
-def prepare_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Copy, fix the batch (and any other symbolic input dimension) to 1, infer all shapes."""
+DEFAULT_DIM = 128  # a symbolic input dimension other than the batch (e.g. the sequence length)
+
+
+def resolve_dims(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict[str, int]:
+    """Value of every symbolic input dimension: the batch (axis 0) is 1, others from `dims` by name
+    (or DEFAULT_DIM). Unnamed dimensions get keys like 'input_ids:1'."""
+    dims = {str(k): int(v) for k, v in (dims or {}).items()}
+    inits = {i.name for i in model.graph.initializer}
+    out: dict[str, int] = {}
+    for vi in model.graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            key = d.dim_param or f"{vi.name}:{axis}"
+            if key in out:
+                continue
+            out[key] = dims.get(key, 1 if axis == 0 else DEFAULT_DIM)
+            if out[key] < 1:
+                raise CompressError(f"dimension '{key}' must be at least 1, got {out[key]}")
+    return out
+
+
+def prepare_model(model: onnx.ModelProto, dims: dict[str, int] | None = None,
+                  notes: list[str] | None = None) -> onnx.ModelProto:
+    """Copy, fix the symbolic input dimensions (`resolve_dims`), infer all shapes (`notes` gets
+    why onnxruntime could not run the model at those shapes, if it could not)."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    values = resolve_dims(m, dims)
     inits = {i.name for i in m.graph.initializer}
     for vi in list(m.graph.input) + list(m.graph.output):
         if vi.name in inits or not vi.type.HasField("tensor_type"):
             continue
-        for d in vi.type.tensor_type.shape.dim:
+        is_input = any(vi is i for i in m.graph.input)
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if not d.HasField("dim_value") or d.dim_value <= 0:
-                d.Clear()
-                d.dim_value = 1
+                key = d.dim_param or f"{vi.name}:{axis}"
+                if key in values or is_input or axis == 0:
+                    v = values.get(key, 1)
+                    d.Clear()
+                    d.dim_value = v
+                else:  # an output dimension no input names: left to shape inference
+                    d.Clear()
     del m.graph.value_info[:]
     try:
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception as e:  # noqa: BLE001 - report as a user error
         raise CompressError(f"ONNX shape inference failed: {e}") from e
-    _fill_shapes_with_onnxruntime(m)
+    why = _fill_shapes_with_onnxruntime(m)
+    if why and notes is not None:
+        notes.append(why)
     return m
 
 
-def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> None:
-    """Shapes ONNX inference could not resolve (shape arithmetic, Expand, Where, ...): run the
-    model once with onnxruntime on zero inputs and read every intermediate tensor's shape."""
-    known = {vi.name for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)
-             if vi.type.tensor_type.HasField("shape")
-             and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
-    known |= {i.name for i in m.graph.initializer}
-    missing = [o for n in m.graph.node for o in n.output if o and o not in known]
-    if not missing:
-        return
+def _run_at_static_shapes(m: onnx.ModelProto, outputs: list[str]):
+    """Run the (shape-fixed) model once with onnxruntime on zero inputs, fetching `outputs`:
+    (arrays, None), or (None, why it failed)."""
     try:
         import onnxruntime as ort
         from onnx import helper
@@ -131,9 +172,9 @@ def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> None:
         probe = onnx.ModelProto()
         probe.CopyFrom(m)
         del probe.graph.output[:]
-        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in missing)
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        so.log_severity_level = 4
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
         inits = {i.name for i in m.graph.initializer}
@@ -144,13 +185,34 @@ def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> None:
             t = vi.type.tensor_type
             dt = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
             feeds[vi.name] = np.zeros([d.dim_value for d in t.shape.dim], dt)
-        outs = sess.run(None, feeds)
-    except Exception:  # noqa: BLE001 - shapes stay unknown; the handlers report it
-        return
+        return sess.run(None, feeds), None
+    except Exception as e:  # noqa: BLE001 - reported by the caller
+        return None, (str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__)
+
+
+def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> str | None:
+    """Shapes ONNX inference could not resolve (shape arithmetic, Expand, Where, ...): run the
+    model once with onnxruntime on zero inputs and read every intermediate tensor's shape.
+    Returns why that failed (None when it ran or was not needed)."""
+    known = {vi.name for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)
+             if vi.type.tensor_type.HasField("shape")
+             and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
+    known |= {i.name for i in m.graph.initializer}
+    missing = [o for n in m.graph.node for o in n.output if o and o not in known]
+    if not missing:
+        return None
+    outs, why = _run_at_static_shapes(m, missing)
+    if outs is None:
+        return why
     for name, arr in zip(missing, outs):
         arr = np.asarray(arr)
         m.graph.value_info.append(onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
+    return None
+
+
+INPUT_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT64: "i64",
+               onnx.TensorProto.INT32: "i32", onnx.TensorProto.BOOL: "u8"}
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -162,8 +224,10 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 # ---- the lowering pass --------------------------------------------------------------------
 class Lowering:
-    def __init__(self, model: onnx.ModelProto, name: str = "model"):
-        self.model = prepare_model(model)
+    def __init__(self, model: onnx.ModelProto, name: str = "model", dims: dict[str, int] | None = None):
+        self.dims = resolve_dims(model, dims)
+        self.shape_notes: list[str] = []
+        self.model = prepare_model(model, dims, self.shape_notes)
         self.name = name
         self.g = Graph()
         self.val: dict[str, object] = {}
@@ -171,6 +235,7 @@ class Lowering:
         self.structure_errors: list[str] = []  # model-level limits (inputs/outputs)
         self.skip: set[int] = set()
         self._deq: dict[int, Buf] = {}
+        self._fconst: dict[str, Buf] = {}
         self._names: set[str] = set()
         g = self.model.graph
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -186,6 +251,7 @@ class Lowering:
             for o in n.output:
                 self.producer[o] = n
         self.live = self._live_nodes()
+        self.order = {id(n): i for i, n in enumerate(self.live)}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         for n in self.live:
             for i in n.input:
@@ -206,7 +272,7 @@ class Lowering:
     # -- helpers used by handlers --
     def shape(self, name: str) -> tuple[int, ...]:
         v = self.val.get(name)
-        if isinstance(v, (QV, FV)):
+        if isinstance(v, (QV, FV, TV)):
             return v.buf.shape
         if isinstance(v, CV):
             return tuple(v.arr.shape)
@@ -258,7 +324,27 @@ class Lowering:
                     f"ce_dequantize_i8({n}, {c.ptr(b)}, {flt(b.scale)}, {b.zp}, {c.ptr(fb)});"]))
                 self._deq[key] = fb
             return self._deq[key]
+        if isinstance(v, TV):
+            raise Unsupported(f"input '{name}' is an integer tensor where a float one is expected (Cast it)")
         raise Unsupported(f"input '{name}' is a constant where an activation is expected")
+
+    def f_operand(self, name: str) -> Buf:
+        """A float operand of an element-wise op: an activation (`f_input`) or a float constant
+        (a const array, shared by every use of the same tensor)."""
+        v = self.value(name)
+        if isinstance(v, (CV, WV)):
+            if name not in self._fconst:
+                arr = np.asarray(v.arr if isinstance(v, CV) else v.dequant())
+                if arr.dtype == np.bool_ or arr.dtype.kind not in "fiub":
+                    raise Unsupported(f"constant '{name}' of type {arr.dtype}")
+                arr = arr.astype(np.float32)
+                for axis in range(arr.ndim):  # store a constant once along axes it does not vary on
+                    if arr.shape[axis] > 1 and np.array_equal(arr, np.broadcast_to(arr.take([0], axis), arr.shape)):
+                        arr = arr.take([0], axis)
+                cname = self.g.const("fc", "float", arr)
+                self._fconst[name] = Buf(cname, tuple(arr.shape), "f32", external="const:" + cname)
+            return self._fconst[name]
+        return self.f_input(name)
 
     def const(self, name: str) -> np.ndarray:
         v = self.value(name)
@@ -378,28 +464,31 @@ class Lowering:
 
     # -- driver --
     def run(self) -> Graph:
-        from .ops import HANDLERS, fold_constant
+        from .ops import FUSIONS, HANDLERS, fold_constant
 
         g = self.model.graph
         ins = [i for i in g.input if i.name not in self.inits]
         for name, arr in self.inits.items():
             self.val[name] = CV(arr)
-        if len(ins) != 1 or len(g.output) != 1:
+        if len(g.output) != 1:
             self.structure_errors.append(
-                f"the C engine takes one input and one output; the model has {len(ins)} input(s) "
-                f"({', '.join(i.name for i in ins)}) and {len(g.output)} output(s)")
-        for extra in ins[1:]:  # placeholders so the nodes behind them are still checked
-            self.val[extra.name] = FV(self.new_buf(extra.name, self.shapes.get(extra.name, (1,)), "f32"))
-        inp = ins[0]
-        elem = inp.type.tensor_type.elem_type
-        if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT8):
-            self.structure_errors.append(
-                f"model input '{inp.name}' has type {onnx.TensorProto.DataType.Name(elem)}; float32 or int8 expected")
-        ib = Buf(self.unique("input"), self.shapes[inp.name],
-                 "i8" if elem == onnx.TensorProto.INT8 else "f32", external="in")
-        self.g.input, self.g.input_name = ib, inp.name
-        self.val[inp.name] = FV(ib) if ib.dtype == "f32" else QV(ib)
-        self._raw_int8_input = ib.dtype == "i8"
+                f"the C engine has one output; the model has {len(g.output)} ({', '.join(o.name for o in g.output)})")
+        if not ins:
+            self.structure_errors.append("the model has no input")
+        for k, inp in enumerate(ins):
+            elem = inp.type.tensor_type.elem_type
+            dt = INPUT_TYPES.get(elem)
+            if dt is None:
+                self.structure_errors.append(
+                    f"model input '{inp.name}' has type {onnx.TensorProto.DataType.Name(elem)}; float32, int8, "
+                    "int64, int32 or bool expected")
+                dt = "f32"
+            b = Buf(self.unique("input" if len(ins) == 1 else f"in_{inp.name}"), self.shapes.get(inp.name, (1,)), dt,
+                    external=f"in:{k}", onnx=inp.name)
+            self.g.inputs.append(b)
+            self.g.input_names.append(inp.name)
+            self.g.input_quants.append(None)
+            self.val[inp.name] = FV(b) if dt == "f32" else (QV(b) if dt == "i8" else TV(b))
 
         self._poisoned: set[str] = set()
         for node in self.live:
@@ -411,6 +500,8 @@ class Lowering:
                 if node.op_type not in ("DequantizeLinear", "QuantizeLinear", "Shape") and ins_v and all(
                         isinstance(v, CV) for v in ins_v):
                     fold_constant(self, node)
+                    continue
+                if any(fuse(self, node) for fuse in FUSIONS):
                     continue
                 handler = HANDLERS.get(node.op_type)
                 if handler is None:
@@ -425,10 +516,20 @@ class Lowering:
                 if why:
                     self.errors.append((node.op_type, node.name or node.output[0], why))
                 self._poison(node)
+        if self.errors and not self.shape_notes:  # does the model run at these shapes at all?
+            _, why = _run_at_static_shapes(self.model, [o.name for o in self.model.graph.output])
+            self.shape_notes += [why] if why else []
+        if self.errors and self.shape_notes:
+            self.structure_errors.append(
+                f"onnxruntime cannot run the model at the engine's input shapes ({self._shapes_text()}): "
+                f"{self.shape_notes[0]}; if the model was exported for fixed shapes, give them (dims)")
         if self.errors or self.structure_errors:
             return self.g
         self._bind_output()
         return self.g
+
+    def _shapes_text(self) -> str:
+        return ", ".join(f"{n} {'x'.join(str(d) for d in b.shape)}" for n, b in zip(self.g.input_names, self.g.inputs))
 
     def _retry_with_placeholders(self, node: onnx.NodeProto, handler) -> str | None:
         saved = {i: self.val.get(i) for i in node.input if i in self._poisoned}
@@ -479,6 +580,13 @@ class Lowering:
                 self.add_op(Op("copy", [b], [ob], lambda c, b=b, ob=ob: [
                     f"memcpy({c.ptr(ob)}, {c.ptr(b)}, {b.nbytes});"]))
                 self.g.output = ob
+            self.g.output_quant = None
+        elif isinstance(v, TV):  # an integer output: written as float32 like every engine output
+            b = v.buf
+            ob = Buf(self.unique("output"), b.shape, "f32", external="out")
+            self.add_op(Op("cast", [b], [ob], lambda c, b=b, ob=ob: [
+                f"ce_cast({b.numel}, {TYPE_CODE[b.dtype]}, {c.ptr(b)}, 0, {c.ptr(ob)});"]))
+            self.g.output = ob
             self.g.output_quant = None
         else:
             raise CompressError(f"graph output '{name}' is a constant")

@@ -13,10 +13,13 @@ import numpy as np
 import onnx
 
 from .fixedpoint import quantize_multiplier, quantize_multipliers, quantize_value, small_multipliers
-from .ir import Buf, Op
-from .lower import CV, FV, QV, WV, Lowering, Unsupported, _attr, flt
+from .ir import TYPE_CODE, Buf, Op
+from .lower import CV, FV, QV, TV, WV, Lowering, Unsupported, _attr, flt
 
 HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], None]] = {}
+# tried, in order, on every node before its handler; a fusion returns True when it lowered the node
+# (and claimed the nodes it fused with)
+FUSIONS: list[Callable[[Lowering, onnx.NodeProto], bool]] = []
 
 
 def handler(*op_types: str):
@@ -122,8 +125,9 @@ def quantize_linear(L: Lowering, node):
         n = fb.numel
         L.add_op(Op("quantize", [fb], [qb], lambda c: [
             f"ce_quantize_f32({n}, {c.ptr(fb)}, {flt(s)}, {z}, {c.ptr(qb)});"], node=node.name))
-        if fb.root().external == "in":
-            L.g.input_quant = (s, z)
+        ext = fb.root().external or ""
+        if ext.startswith("in:"):
+            L.g.input_quants[int(ext[3:])] = (s, z)
         L.bind(out, QV(qb))
     elif isinstance(v, QV):
         x = v.buf
@@ -260,12 +264,17 @@ def conv(L: Lowering, node):
 
 # ---- fully connected / matmul ------------------------------------------------------------------
 def _fc(L: Lowering, node, a: Buf, wmk: np.ndarray, ws: np.ndarray, bias_name: str | None, T: int,
-        out_shape, alpha: float = 1.0, beta: float = 1.0):
+        out_shape, alpha: float = 1.0, beta: float = 1.0, out_name: str | None = None, fused=()):
+    """int8 A x W^T (+ bias): int8 output when a QuantizeLinear follows `out_name`, else float
+    (the int32 accumulators scaled). `fused`: nodes (a bias Add) lowered with it."""
+    out_name = out_name or node.output[0]
     M, K = wmk.shape
     real_scale = a.scale * ws * alpha
     bias = _bias_int(L, bias_name, M, real_scale / beta) if bias_name else np.zeros(M, np.int64)
     bias_c = bias - a.zp * wmk.astype(np.int64).sum(1)
-    sink = L.sink(node.output[0], required=False)
+    if np.any(np.abs(bias_c) >= 2**31):
+        raise Unsupported("bias out of int32 range")
+    sink = L.sink(out_name, required=False)
     cw = L.g.const("w", "int8_t", wmk.astype(np.int8))
     cb = L.g.const("b", "int32_t", bias_c.astype(np.int32))
     macs = T * M * K
@@ -281,13 +290,47 @@ def _fc(L: Lowering, node, a: Buf, wmk: np.ndarray, ws: np.ndarray, bias_name: s
             f"{sink.zp}, {sink.lo}, {sink.hi}, (float *)0, (const float *)0);"],
             node=node.name, macs=macs))
         L.use_sink(sink, y)
-    else:
+    else:  # float output: acc * (s_a * s_w) + bias in float, as onnxruntime computes it
+        fbias = (np.broadcast_to(L.const(bias_name).astype(np.float32).reshape(-1), (M,)) * np.float32(beta)
+                 if bias_name else None)
+        if fbias is not None:
+            cb = L.g.const("b", "int32_t", (-a.zp * wmk.astype(np.int64).sum(1)).astype(np.int32))
         cf = L.g.const("fs", "float", real_scale.astype(np.float32))
-        y = L.new_buf(node.output[0], out_shape, "f32")
-        L.add_op(Op("fc", [a], [y], lambda c: [
+        y = L.new_buf(out_name, out_shape, "f32")
+        lines = lambda c: [  # noqa: E731
             f"ce_gemm_xw({T}, {M}, {K}, {c.ptr(a)}, {cw}, (int8_t *)0, {M}, {cb}, (const int32_t *)0, "
-            f"(const int32_t *)0, 0, -128, 127, {c.ptr(y)}, {cf});"], node=node.name, macs=macs))
-        L.bind(node.output[0], FV(y))
+            f"(const int32_t *)0, 0, -128, 127, {c.ptr(y)}, {cf});"]
+        if fbias is not None:
+            cfb = L.g.const("fb", "float", fbias.astype(np.float32))
+            dims, st, sb = (L.g.const("dims", "int32_t", np.asarray([T, M], np.int32)),
+                            L.g.const("st", "int32_t", np.asarray([M, 1], np.int32)),
+                            L.g.const("st", "int32_t", np.asarray([0, 1], np.int32)))
+            lines0 = lines
+            lines = lambda c: lines0(c) + [  # noqa: E731
+                f"ce_binary_f32(CE_ADD, 2, {dims}, {st}, {sb}, {c.ptr(y)}, {cfb}, {c.ptr(y)});"]
+        L.add_op(Op("fc", [a], [y], lines, node=node.name, macs=macs))
+        L.bind(out_name, FV(y))
+    for n in fused:  # the bias Add is part of this op
+        L.skip.add(id(n))
+
+
+def _bias_add(L: Lowering, name: str, M: int):
+    """The Add of a constant bias (M values along the last axis) that alone consumes `name` (a
+    MatMul exported as MatMul + Add): (add node, bias tensor name), or None."""
+    if name in L.graph_outputs:
+        return None
+    cons = L.data_consumers(name)
+    if len(cons) != 1 or cons[0].op_type != "Add" or len(cons[0].input) != 2:
+        return None
+    add = cons[0]
+    other = add.input[1] if add.input[0] == name else add.input[0]
+    v = L.val.get(other)
+    if other == name or not isinstance(v, (CV, WV)):
+        return None
+    arr = np.asarray(v.arr if isinstance(v, CV) else v.q)
+    if arr.size != M or (arr.ndim and arr.shape[-1] != M) or arr.dtype.kind not in "fi":
+        return None
+    return add, other
 
 
 @handler("Gemm")
@@ -309,18 +352,26 @@ def gemm(L: Lowering, node):
 
 @handler("MatMul")
 def matmul(L: Lowering, node):
-    a = L.q_input(node.input[0])
     bv = L.value(node.input[1])
     out_shape = L.shape(node.output[0])
-    if isinstance(bv, WV):
+    if isinstance(bv, WV) and isinstance(L.value(node.input[0]), QV):
+        a = L.q_input(node.input[0])
         if bv.q.ndim != 2:
             raise Unsupported("MatMul with a weight that is not 2-D")
         K, M = bv.q.shape
         ws = _channel_scales(bv, M, 1)
         T = a.numel // K
-        _fc(L, node, a, np.ascontiguousarray(bv.q.T), ws, None, T, out_shape)
+        fused = _bias_add(L, node.output[0], M)
+        bias, out_name, extra = (fused[1], fused[0].output[0], [fused[0]]) if fused else (None, None, [])
+        _fc(L, node, a, np.ascontiguousarray(bv.q.T), ws, bias, T, L.shape(out_name) if out_name else out_shape,
+            out_name=out_name, fused=extra)
         return
-    b = L.q_input(node.input[1])
+    va = L.value(node.input[0])
+    sink = (L.sink(node.output[0], required=False)
+            if isinstance(va, QV) and isinstance(bv, QV) else None)
+    if sink is None:
+        return _matmul_f32(L, node, L.f_operand(node.input[0]), L.f_operand(node.input[1]), out_shape)
+    a, b = va.buf, bv.buf
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise Unsupported("MatMul of vectors")
     T, K = a.shape[-2:]
@@ -329,7 +380,6 @@ def matmul(L: Lowering, node):
     bbatch = int(np.prod(b.shape[:-2], dtype=np.int64))
     if K != K2 or bbatch not in (1, batch):
         raise Unsupported("MatMul broadcast pattern")
-    sink = L.sink(node.output[0])
     mult, shift = quantize_multiplier(a.scale * b.scale / sink.scale)
     y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
     bstep = K * M if bbatch > 1 else 0
@@ -339,6 +389,28 @@ def matmul(L: Lowering, node):
         f"{M}, {b.zp}, {c.ptr(y)} + i * {T * M}, {M}, {mult}, {shift}, {sink.zp}, {sink.lo}, {sink.hi});"],
         node=node.name, macs=batch * T * M * K))
     L.use_sink(sink, y)
+
+
+def _matmul_f32(L: Lowering, node, a: Buf, b: Buf, out_shape):
+    """Float MatMul (attention scores and context): batched over the leading dims, one operand's
+    batch may be 1 (broadcast)."""
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise Unsupported("MatMul of vectors")
+    T, K = a.shape[-2:]
+    K2, M = b.shape[-2:]
+    abatch = int(np.prod(a.shape[:-2], dtype=np.int64))
+    bbatch = int(np.prod(b.shape[:-2], dtype=np.int64))
+    batch = max(abatch, bbatch)
+    if K != K2 or abatch not in (1, batch) or bbatch not in (1, batch) or \
+            int(np.prod(out_shape, dtype=np.int64)) != batch * T * M:
+        raise Unsupported("MatMul broadcast pattern")
+    y = L.new_buf(node.output[0], out_shape, "f32")
+    astep, bstep = (T * K if abatch > 1 else 0), (K * M if bbatch > 1 else 0)
+    L.add_op(Op("matmul_f32", [a, b], [y], lambda c: [
+        f"for (int i = 0; i < {batch}; i++)",
+        f"    ce_matmul_f32({T}, {M}, {K}, {c.ptr(a)} + i * {astep}, {K}, {c.ptr(b)} + i * {bstep}, {M}, "
+        f"{c.ptr(y)} + i * {T * M}, {M});"], node=node.name, macs=batch * T * M * K))
+    L.bind(node.output[0], FV(y))
 
 
 # ---- element-wise ------------------------------------------------------------------------------
@@ -372,12 +444,21 @@ def _full_and_broadcast(L: Lowering, node, xs: list[tuple[Buf, int]]):
     return out_shape, n, (a, ca), (b, cb), bc
 
 
+def _int8_operand(L: Lowering, name: str) -> bool:
+    v = L.value(name)
+    return isinstance(v, QV) or (isinstance(v, WV) and v.q.dtype == np.int8 and v.scale.size == 1)
+
+
 @handler("Add", "Sub")
 def add(L: Lowering, node):
+    sink = (L.sink(node.output[0], required=False)
+            if all(_int8_operand(L, i) for i in node.input[:2]) else None)
+    if sink is None:  # a float sum (a residual into LayerNorm, a mask added to attention scores)
+        return _binary_f32(L, node, "CE_ADD" if node.op_type == "Add" else "CE_SUB",
+                           L.f_operand(node.input[0]), L.f_operand(node.input[1]))
     sign = -1 if node.op_type == "Sub" else 1
     out_shape, n, (a, ca), (b, cb), (bn, binner) = _full_and_broadcast(
         L, node, [(L.q_input(node.input[0]), 1), (L.q_input(node.input[1]), sign)])
-    sink = L.sink(node.output[0])
     (ma, mb), shift = small_multipliers([ca * a.scale / sink.scale, cb * b.scale / sink.scale])
     y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
     L.add_op(Op(node.op_type.lower(), [a, b], [y], lambda c: [
@@ -398,18 +479,18 @@ def _scalar_const(L: Lowering, name: str) -> float | None:
 @handler("Mul", "Div")
 def mul(L: Lowering, node):
     k0, k1 = _scalar_const(L, node.input[0]), _scalar_const(L, node.input[1])
+    op = "CE_MUL" if node.op_type == "Mul" else "CE_DIV"
     if node.op_type == "Div":
-        if k1 is None:
-            raise Unsupported("Div by a tensor (only division by a constant scalar is supported)")
         if k1 == 0:
             raise Unsupported("Div by zero")
-        k1, k0 = 1.0 / k1, None
+        k1, k0 = (1.0 / k1 if k1 is not None else None), None
     if k0 is not None or k1 is not None:  # x * constant scalar: a requantization
-        x = L.q_input(node.input[1] if k0 is not None else node.input[0])
+        xname = node.input[1] if k0 is not None else node.input[0]
         k = k0 if k0 is not None else k1
-        sink = L.sink(node.output[0])
-        if k == 0:
-            raise Unsupported("multiplication by zero")
+        sink = L.sink(node.output[0], required=False) if isinstance(L.value(xname), QV) and k != 0 else None
+        if sink is None:  # float result (e.g. attention's q * d^-1/4): as onnxruntime computes it
+            return _binary_f32(L, node, op, L.f_operand(node.input[0]), L.f_operand(node.input[1]))
+        x = L.q_input(xname)
         (m,), shift = small_multipliers([x.scale * k / sink.scale])  # a negative k works too
         y = L.new_buf(sink.names[0], x.shape, "i8", sink.scale, sink.zp)
         L.add_op(Op("requant", [x], [y], lambda c: [
@@ -417,11 +498,12 @@ def mul(L: Lowering, node):
             f"{sink.lo}, {sink.hi});"], node=node.name, inplace=0))
         L.use_sink(sink, y)
         return
-    if node.op_type == "Div":
-        raise Unsupported("Div of two tensors")
+    sink = (L.sink(node.output[0], required=False)
+            if node.op_type == "Mul" and all(isinstance(L.value(i), QV) for i in node.input[:2]) else None)
+    if sink is None:
+        return _binary_f32(L, node, op, L.f_operand(node.input[0]), L.f_operand(node.input[1]))
     out_shape, n, (a, _), (b, _), (bn, binner) = _full_and_broadcast(
         L, node, [(L.q_input(node.input[0]), 1), (L.q_input(node.input[1]), 1)])
-    sink = L.sink(node.output[0])
     mult, shift = quantize_multiplier(a.scale * b.scale / sink.scale)
     y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
     L.add_op(Op("mul", [a, b], [y], lambda c: [
@@ -463,17 +545,34 @@ def relu_clip(L: Lowering, node):
 
 
 # ---- pooling -------------------------------------------------------------------------------------
-def _pool_geometry(L: Lowering, node, x: Buf):
+def _pool_geometry(L: Lowering, node, x: Buf, widen: bool = True):
+    """C, H, W, Ho, Wo, kernel, strides, dilations, pads (top, left, bottom, right).
+
+    The output size is onnxruntime's: floor or (ceil_mode=1) ceil of (H + pads - (k-1)*d - 1) / s,
+    + 1, where with ceil_mode a last window that would start past the input and its top/left pad
+    is dropped (ONNX shape inference before opset 22 keeps it; onnxruntime does not). With
+    `widen` the bottom/right pads grow so every window lies inside the padded plane (MaxPool's
+    padded copy); otherwise they are the model's own (AveragePool needs them for its divisor)."""
     _, C, H, W = x.shape
     k = list(_attr(node, "kernel_shape"))
     s = list(_attr(node, "strides", [1, 1]))
     d = list(_attr(node, "dilations", [1, 1]))
     pads = _conv_pads(node, (H, W), k, s, d)
-    out = L.shape(node.output[0])
-    Ho, Wo = int(out[2]), int(out[3])
-    # ceil_mode: widen the bottom/right padding so every window is inside the padded plane
-    pads[2] = max(pads[2], (Ho - 1) * s[0] + (k[0] - 1) * d[0] + 1 - H - pads[0])
-    pads[3] = max(pads[3], (Wo - 1) * s[1] + (k[1] - 1) * d[1] + 1 - W - pads[1])
+    auto = _attr(node, "auto_pad", b"NOTSET")
+    ceil = bool(_attr(node, "ceil_mode", 0)) and (auto.decode() if isinstance(auto, bytes) else auto) == "NOTSET"
+    out = []
+    for i, n in enumerate((H, W)):
+        span = n + pads[i] + pads[i + 2] - (k[i] - 1) * d[i] - 1
+        o = (-(-span // s[i]) if ceil else span // s[i]) + 1
+        if ceil and (o - 1) * s[i] >= n + pads[i]:
+            o -= 1
+        out.append(o)
+    Ho, Wo = out
+    if Ho < 1 or Wo < 1:
+        raise Unsupported(f"pooling window larger than the padded input ({H}x{W})")
+    if widen:  # ceil_mode: widen the bottom/right padding so every window is inside the padded plane
+        pads[2] = max(pads[2], (Ho - 1) * s[0] + (k[0] - 1) * d[0] + 1 - H - pads[0])
+        pads[3] = max(pads[3], (Wo - 1) * s[1] + (k[1] - 1) * d[1] + 1 - W - pads[1])
     return C, H, W, Ho, Wo, k, s, d, pads
 
 
@@ -505,17 +604,14 @@ def avgpool(L: Lowering, node):
     x = L.q_input(node.input[0])
     if len(x.shape) != 4:
         raise Unsupported("only 2-D pooling is supported")
-    if _attr(node, "ceil_mode", 0):
-        raise Unsupported("AveragePool with ceil_mode=1")
-    C, H, W, Ho, Wo, k, s, d, p = _pool_geometry(L, node, x)
+    C, H, W, Ho, Wo, k, s, d, p = _pool_geometry(L, node, x, widen=False)
     cip = int(_attr(node, "count_include_pad", 0))
     sink = L.sink(node.output[0])
     n = k[0] * k[1]
     mult, shift = quantize_multipliers([x.scale / (sink.scale * c) for c in range(1, n + 1)])
     cm, cs = L.g.const("m", "int32_t", mult), L.g.const("s", "int32_t", shift)
     y = L.new_buf(sink.names[0], (1, C, Ho, Wo), "i8", sink.scale, sink.zp)
-    op = Op("avgpool", [x], [y], None, node=node.name, macs=C * Ho * Wo * n)
-    op.scratch = (H + p[0] + p[2]) * (W + p[1] + p[3]) if any(p) else 0
+    op = Op("avgpool", [x], [y], None, node=node.name, macs=C * Ho * Wo * n)  # no scratch
     if sink.lo != -128 or sink.hi != 127:
         raise Unsupported("activation fused after AveragePool")
 
@@ -550,20 +646,17 @@ def global_avgpool(L: Lowering, node):
 
 @handler("ReduceMean")
 def reduce_mean(L: Lowering, node):
-    """Mean over trailing axes (e.g. a global average pool exported as ReduceMean)."""
+    """Mean over trailing axes (e.g. a global average pool exported as ReduceMean): int8 when a
+    QuantizeLinear follows, float otherwise."""
+    v = L.value(node.input[0])
+    sink = L.sink(node.output[0], required=False) if isinstance(v, QV) else None
+    axes = _reduce_axes(L, node, len(L.shape(node.input[0])))
+    r = len(L.shape(node.input[0]))
+    if sink is None or axes != list(range(r - len(axes), r)):
+        return reduce_f32(L, node)
     x = L.q_input(node.input[0])
-    r = len(x.shape)
-    axes = _attr(node, "axes")
-    if len(node.input) > 1 and node.input[1]:
-        axes = [int(a) for a in L.const(node.input[1]).reshape(-1)]
-    if axes is None:
-        axes = list(range(r))
-    axes = sorted(a % r for a in axes)
-    if axes != list(range(r - len(axes), r)):
-        raise Unsupported("ReduceMean over axes that are not the trailing ones")
     rows = int(np.prod(x.shape[: r - len(axes)], dtype=np.int64))
     n = int(np.prod(x.shape[r - len(axes):], dtype=np.int64))
-    sink = L.sink(node.output[0])
     if sink.lo != -128 or sink.hi != 127:
         raise Unsupported("activation fused after ReduceMean")
     mult, shift = quantize_multiplier(x.scale / (sink.scale * n))
@@ -577,9 +670,14 @@ def reduce_mean(L: Lowering, node):
 # ---- layout ------------------------------------------------------------------------------------
 def _act(L: Lowering, name: str) -> Buf:
     v = L.value(name)
-    if isinstance(v, (QV, FV)):
+    if isinstance(v, (QV, FV, TV)):
         return v.buf
     raise Unsupported(f"input '{name}' is not an activation")
+
+
+def _wrap(buf: Buf):
+    """The value kind of a buffer: int8 -> QV, float -> FV, integer/bool -> TV."""
+    return QV(buf) if buf.dtype == "i8" else (FV(buf) if buf.dtype == "f32" else TV(buf))
 
 
 @handler("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
@@ -601,11 +699,17 @@ def reshape(L: Lowering, node):
     if int(np.prod(out_shape, dtype=np.int64)) != x.numel:
         raise Unsupported("reshape changes the number of elements")
     y = Buf(L.unique(node.output[0]), tuple(int(s) for s in out_shape), x.dtype, x.scale, x.zp, alias=x)
-    L.bind(node.output[0], QV(y) if x.dtype == "i8" else FV(y))
+    L.bind(node.output[0], _wrap(y))
 
 
 @handler("Transpose")
 def transpose(L: Lowering, node):
+    v = L.value(node.input[0])
+    if isinstance(v, WV):  # a transposed weight (Linear exported as MatMul(x, W^T)): still a weight
+        perm = list(_attr(node, "perm", list(range(v.q.ndim))[::-1]))
+        axis = perm.index(v.axis) if v.scale.size > 1 else 0
+        L.bind(node.output[0], WV(np.ascontiguousarray(np.transpose(v.q, perm)), v.scale, v.zp, axis))
+        return
     x = _act(L, node.input[0])
     r = len(x.shape)
     if r > 6:
@@ -613,12 +717,12 @@ def transpose(L: Lowering, node):
     perm = list(_attr(node, "perm", list(range(r))[::-1]))
     out_shape = tuple(x.shape[p] for p in perm)
     y = L.new_buf(node.output[0], out_shape, x.dtype, x.scale, x.zp)
-    es = 1 if x.dtype == "i8" else 4
+    es = x.nbytes // max(1, x.numel)
     cd = L.g.const("dims", "int32_t", np.asarray(x.shape, np.int32))
     cp = L.g.const("perm", "int32_t", np.asarray(perm, np.int32))
     L.add_op(Op("transpose", [x], [y], lambda c: [
         f"ce_transpose({r}, {cd}, {cp}, {es}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name))
-    L.bind(node.output[0], QV(y) if x.dtype == "i8" else FV(y))
+    L.bind(node.output[0], _wrap(y))
 
 
 @handler("Concat")
@@ -723,3 +827,495 @@ def gelu(L: Lowering, node):
     L.add_op(Op("gelu", [x], [y], lambda c: [
         f"ce_gelu_f32({x.numel}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name, inplace=0))
     L.bind(node.output[0], FV(y))
+
+
+# ---- float element-wise ops with broadcasting ------------------------------------------------------
+def _bstrides(shape, out_shape) -> list[int]:
+    """Element strides to read a tensor of `shape` at every index of `out_shape` (numpy
+    broadcasting): 0 along the axes it is broadcast on."""
+    r = len(out_shape)
+    full = [1] * (r - len(shape)) + [int(d) for d in shape]
+    st, acc = [0] * r, 1
+    for i in range(r - 1, -1, -1):
+        st[i] = 0 if full[i] == 1 else acc
+        acc *= full[i]
+    return st
+
+
+def _collapse(out_shape, strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Drop size-1 axes and merge axes every operand walks contiguously: rank 1..6 for the kernels."""
+    dims = [int(d) for d in out_shape]
+    keep = [i for i, d in enumerate(dims) if d != 1]
+    dims = [dims[i] for i in keep]
+    sts = [[s[i] for i in keep] for s in strides]
+    if not dims:
+        return [1], [[0] for _ in sts]
+    i = len(dims) - 2
+    while i >= 0:
+        if all(s[i] == s[i + 1] * dims[i + 1] for s in sts):
+            dims[i] *= dims[i + 1]
+            del dims[i + 1]
+            for s in sts:
+                s[i] = s[i + 1]
+                del s[i + 1]
+        i -= 1
+    if len(dims) > 6:
+        raise Unsupported("broadcast over more than 6 dimensions")
+    return dims, sts
+
+
+def _broadcast_args(L: Lowering, out_shape, bufs: list[Buf]) -> tuple[int, str, list[str]]:
+    dims, sts = _collapse(out_shape, [_bstrides(b.shape, out_shape) for b in bufs])
+    cd = L.g.const("dims", "int32_t", np.asarray(dims, np.int32))
+    return len(dims), cd, [L.g.const("st", "int32_t", np.asarray(s, np.int32)) for s in sts]
+
+
+def _binary_f32(L: Lowering, node, op: str, a: Buf, b: Buf):
+    try:
+        out_shape = tuple(int(d) for d in np.broadcast_shapes(a.shape, b.shape))
+    except ValueError:
+        raise Unsupported(f"{node.op_type} of shapes {a.shape} and {b.shape}") from None
+    rank, cd, (sa, sb) = _broadcast_args(L, out_shape, [a, b])
+    y = L.new_buf(node.output[0], out_shape, "f32")
+    L.add_op(Op("binary_f32", [a, b], [y], lambda c: [
+        f"ce_binary_f32({op}, {rank}, {cd}, {sa}, {sb}, {c.ptr(a)}, {c.ptr(b)}, {c.ptr(y)});"],
+        node=node.name, inplace=0 if tuple(a.shape) == out_shape else None))
+    L.bind(node.output[0], FV(y))
+
+
+@handler("Max", "Min")
+def max_min(L: Lowering, node):
+    if len([i for i in node.input if i]) != 2:
+        raise Unsupported(f"{node.op_type} of {len(node.input)} inputs (2 supported)")
+    _binary_f32(L, node, "CE_MAX" if node.op_type == "Max" else "CE_MIN",
+                L.f_operand(node.input[0]), L.f_operand(node.input[1]))
+
+
+UNARY = {"Sqrt": "CE_SQRT", "Erf": "CE_ERF", "Neg": "CE_NEG", "Abs": "CE_ABS", "Exp": "CE_EXP",
+         "Reciprocal": "CE_RECIP", "Tanh": "CE_TANH", "Sigmoid": "CE_SIGMOID"}
+
+
+def _unary_f32(L: Lowering, node, op: str, x: Buf):
+    y = L.new_buf(node.output[0], x.shape, "f32")
+    L.add_op(Op("unary_f32", [x], [y], lambda c: [
+        f"ce_unary_f32({op}, {x.numel}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name, inplace=0))
+    L.bind(node.output[0], FV(y))
+
+
+@handler(*UNARY)
+def unary(L: Lowering, node):
+    _unary_f32(L, node, UNARY[node.op_type], L.f_input(node.input[0]))
+
+
+@handler("Pow")
+def pow_op(L: Lowering, node):
+    e = _scalar_const(L, node.input[1])
+    if e not in (0.5, 1.0, 2.0):
+        raise Unsupported("Pow with an exponent other than the constants 0.5, 1 and 2")
+    x = L.f_input(node.input[0])
+    if e == 1.0:
+        L.bind(node.output[0], FV(x))
+        return
+    _unary_f32(L, node, "CE_SQRT" if e == 0.5 else "CE_SQUARE", x)
+
+
+# ---- integer tensors: Cast, Expand, Where, Gather ---------------------------------------------------
+ONNX_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT64: "i64",
+              onnx.TensorProto.INT32: "i32", onnx.TensorProto.BOOL: "u8"}
+
+
+def _cast_kernel(L: Lowering, node, x: Buf, to: str) -> Buf:
+    y = L.new_buf(node.output[0], x.shape, to)
+    L.add_op(Op("cast", [x], [y], lambda c: [
+        f"ce_cast({x.numel}, {TYPE_CODE[x.dtype]}, {c.ptr(x)}, {TYPE_CODE[to]}, {c.ptr(y)});"], node=node.name))
+    return y
+
+
+@handler("Cast")
+def cast(L: Lowering, node):
+    to = ONNX_TYPES.get(_attr(node, "to"))
+    if to is None:
+        raise Unsupported(f"Cast to {onnx.TensorProto.DataType.Name(_attr(node, 'to'))}")
+    v = L.value(node.input[0])
+    if isinstance(v, QV):
+        if to == "f32":  # a QV already is the float tensor (e.g. gathered int8 embedding rows)
+            L.bind(node.output[0], v)
+            return
+        x = L.f_input(node.input[0])
+    elif isinstance(v, (FV, TV)):
+        x = v.buf
+    else:
+        raise Unsupported("Cast of an unsupported value")
+    if x.dtype == to:
+        L.bind(node.output[0], _wrap(Buf(L.unique(node.output[0]), x.shape, x.dtype, alias=x)))
+        return
+    L.bind(node.output[0], _wrap(_cast_kernel(L, node, x, to)))
+
+
+@handler("Expand")
+def expand(L: Lowering, node):
+    v = L.value(node.input[0])
+    x = L.f_operand(node.input[0]) if isinstance(v, (CV, WV)) else _act(L, node.input[0])
+    out_shape = tuple(int(d) for d in L.shape(node.output[0]))
+    if int(np.prod(out_shape, dtype=np.int64)) == x.numel:
+        y = Buf(L.unique(node.output[0]), out_shape, x.dtype, x.scale, x.zp, alias=x)
+    else:
+        rank, cd, (sx,) = _broadcast_args(L, out_shape, [x])
+        y = L.new_buf(node.output[0], out_shape, x.dtype, x.scale, x.zp)
+        es = x.nbytes // max(1, x.numel)
+        L.add_op(Op("expand", [x], [y], lambda c: [
+            f"ce_broadcast_copy({rank}, {cd}, {sx}, {es}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name))
+    L.bind(node.output[0], _wrap(y))
+
+
+def _bool_operand(L: Lowering, name: str) -> Buf:
+    v = L.value(name)
+    if isinstance(v, TV) and v.buf.dtype == "u8":
+        return v.buf
+    if isinstance(v, CV):
+        arr = np.asarray(v.arr).astype(np.uint8)
+        cname = L.g.const("cond", "uint8_t", arr)
+        return Buf(cname, tuple(arr.shape), "u8", external="const:" + cname)
+    raise Unsupported(f"condition '{name}' is not a bool tensor")
+
+
+@handler("Where")
+def where(L: Lowering, node):
+    cond = _bool_operand(L, node.input[0])
+    a, b = L.f_operand(node.input[1]), L.f_operand(node.input[2])
+    try:
+        out_shape = tuple(int(d) for d in np.broadcast_shapes(cond.shape, a.shape, b.shape))
+    except ValueError:
+        raise Unsupported("Where of shapes that do not broadcast") from None
+    rank, cd, (sc, sa, sb) = _broadcast_args(L, out_shape, [cond, a, b])
+    y = L.new_buf(node.output[0], out_shape, "f32")
+    L.add_op(Op("where", [cond, a, b], [y], lambda c: [
+        f"ce_where_f32({rank}, {cd}, {sc}, {sa}, {sb}, {c.ptr(cond)}, {c.ptr(a)}, {c.ptr(b)}, {c.ptr(y)});"],
+        node=node.name))
+    L.bind(node.output[0], FV(y))
+
+
+@handler("Gather")
+def gather(L: Lowering, node):
+    """Embedding lookups (a constant table, runtime token ids): float tables, int8 tables (raw, or
+    behind a DequantizeLinear per tensor or per row: only the gathered rows are dequantized), and
+    gathers of activations along any axis."""
+    data, iv = L.value(node.input[0]), L.value(node.input[1])
+    if isinstance(iv, TV) and iv.buf.dtype in ("i64", "i32"):
+        idx, icode = iv.buf, TYPE_CODE[iv.buf.dtype]
+        ins = [idx]
+        ip = lambda c: c.ptr(idx)  # noqa: E731
+    elif isinstance(iv, CV) and np.asarray(iv.arr).dtype.kind in "iu":
+        arr = np.asarray(iv.arr).astype(np.int64)
+        cname = L.g.const("idx", "int64_t", arr)
+        idx, icode, ins = Buf(cname, tuple(arr.shape), "i64", external="const:" + cname), TYPE_CODE["i64"], []
+        ip = lambda c: cname  # noqa: E731
+    else:
+        raise Unsupported("Gather indices must be an integer tensor")
+    nidx = idx.numel
+    out_shape = tuple(int(d) for d in L.shape(node.output[0]))
+    if isinstance(data, (CV, WV)):
+        table = np.asarray(data.arr if isinstance(data, CV) else data.q)
+        if table.ndim < 1 or _attr(node, "axis", 0) % table.ndim != 0:
+            raise Unsupported("Gather of a constant along an axis other than 0")
+        rows, cols = table.shape[0], int(np.prod(table.shape[1:], dtype=np.int64))
+        if isinstance(data, WV):
+            if table.dtype != np.int8:
+                raise Unsupported(f"Gather of a DequantizeLinear of {table.dtype}")
+            if data.scale.size == 1:  # per tensor: the gathered rows are an int8 activation
+                ct = L.g.const("emb", "int8_t", table)
+                y = L.new_buf(node.output[0], out_shape, "i8", float(data.scale.reshape(-1)[0]),
+                              int(data.zp.reshape(-1)[0]))
+                L.add_op(Op("gather", ins, [y], lambda c: [
+                    f"ce_gather(1, {rows}, {cols}, {nidx}, {ip(c)}, {icode}, {ct}, {c.ptr(y)});"], node=node.name))
+                L.bind(node.output[0], QV(y))
+                return
+            if data.axis != 0 or data.scale.size != rows:
+                raise Unsupported("Gather of a table quantized per column (per tensor or per row expected)")
+            if np.unique(data.zp.reshape(-1)).size > 1:
+                raise Unsupported("Gather of a table with a zero point per row")
+            ct = L.g.const("emb", "int8_t", table)
+            cs = L.g.const("emb_scale", "float", data.scale.reshape(-1).astype(np.float32))
+            zp = int(data.zp.reshape(-1)[0])
+            y = L.new_buf(node.output[0], out_shape, "f32")
+            L.add_op(Op("gather", ins, [y], lambda c: [
+                f"ce_gather_dq_rows({nidx}, {ip(c)}, {icode}, {rows}, {cols}, {ct}, {zp}, {cs}, 1, {c.ptr(y)});"],
+                node=node.name))
+            L.bind(node.output[0], FV(y))
+            return
+        dt = "f32" if table.dtype.kind == "f" else {np.dtype(np.int8): "i8", np.dtype(np.int64): "i64",
+                                                    np.dtype(np.int32): "i32", np.dtype(np.bool_): "u8"}.get(table.dtype)
+        if dt is None:
+            raise Unsupported(f"Gather of a {table.dtype} table")
+        ctype = {"f32": "float", "i8": "int8_t", "i64": "int64_t", "i32": "int32_t", "u8": "uint8_t"}[dt]
+        ct = L.g.const("emb", ctype, table.astype({"f32": np.float32, "i8": np.int8, "i64": np.int64,
+                                                   "i32": np.int32, "u8": np.uint8}[dt]))
+        y = L.new_buf(node.output[0], out_shape, dt, 1.0, 0)  # raw int8 rows: scale 1 (a Cast reads them)
+        es = y.nbytes // max(1, y.numel)
+        L.add_op(Op("gather", ins, [y], lambda c: [
+            f"ce_gather(1, {rows}, {cols * es}, {nidx}, {ip(c)}, {icode}, {ct}, {c.ptr(y)});"], node=node.name))
+        L.bind(node.output[0], _wrap(y))
+        return
+    x = _act(L, node.input[0])
+    axis = _attr(node, "axis", 0) % len(x.shape)
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    es = x.nbytes // max(1, x.numel)
+    inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64)) * es
+    y = L.new_buf(node.output[0], out_shape, x.dtype, x.scale, x.zp)
+    L.add_op(Op("gather", [x] + ins, [y], lambda c: [
+        f"ce_gather({outer}, {x.shape[axis]}, {inner}, {nidx}, {ip(c)}, {icode}, {c.ptr(x)}, {c.ptr(y)});"],
+        node=node.name))
+    L.bind(node.output[0], _wrap(y))
+
+
+# ---- float reductions ---------------------------------------------------------------------------------
+REDUCE = {"ReduceSum": "CE_RSUM", "ReduceMean": "CE_RMEAN", "ReduceMax": "CE_RMAX", "ReduceMin": "CE_RMIN",
+          "ReduceSumSquare": "CE_RSUMSQ", "ReduceL2": "CE_RL2"}
+
+
+def _reduce_axes(L: Lowering, node, r: int) -> list[int]:
+    axes = _attr(node, "axes")
+    if len(node.input) > 1 and node.input[1]:
+        axes = [int(a) for a in L.const(node.input[1]).reshape(-1)]
+    if not axes:
+        if _attr(node, "noop_with_empty_axes", 0):
+            raise Unsupported(f"{node.op_type} with noop_with_empty_axes")
+        axes = list(range(r))
+    return sorted(int(a) % r for a in axes)
+
+
+@handler("ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare", "ReduceL2")
+def reduce_f32(L: Lowering, node):
+    x = L.f_input(node.input[0])
+    r = len(x.shape)
+    axes = _reduce_axes(L, node, r)
+    if axes != list(range(axes[0], axes[-1] + 1)):
+        raise Unsupported(f"{node.op_type} over axes that are not adjacent")
+    outer = int(np.prod(x.shape[:axes[0]], dtype=np.int64))
+    n = int(np.prod(x.shape[axes[0]:axes[-1] + 1], dtype=np.int64))
+    inner = int(np.prod(x.shape[axes[-1] + 1:], dtype=np.int64))
+    y = L.new_buf(node.output[0], L.shape(node.output[0]), "f32")
+    if y.numel != outer * inner:
+        raise Unsupported(f"{node.op_type} output shape")
+    op = REDUCE[node.op_type]
+    L.add_op(Op("reduce_f32", [x], [y], lambda c: [
+        f"ce_reduce_f32({op}, {outer}, {n}, {inner}, {c.ptr(x)}, {c.ptr(y)});"], node=node.name))
+    L.bind(node.output[0], FV(y))
+
+
+# ---- fusion: an element-wise function of one int8 tensor -> a 256-entry table ---------------------
+LUT_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Erf", "Tanh", "Sigmoid", "Relu", "Clip", "Sqrt", "Exp", "Log",
+                     "Neg", "Abs", "Pow", "Reciprocal", "Identity", "Softplus", "Elu", "LeakyRelu", "HardSigmoid",
+                     "HardSwish", "Gelu", "Max", "Min", "Cast", "Floor", "Ceil", "Round", "Sign", "Mish"})
+# single ops the int8 handlers already run exactly (requantizations, clamps)
+AFFINE_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Relu", "Clip", "Identity", "Cast"})
+
+
+def _const_array(L: Lowering, name: str):
+    v = L.val.get(name)
+    if isinstance(v, CV):
+        return np.asarray(v.arr)
+    if isinstance(v, WV):
+        return v.dequant()
+    p = L.producer.get(name)
+    if p is not None and p.op_type == "Constant" and v is None:
+        a = next((a for a in p.attribute if a.name == "value"), None)
+        return onnx.numpy_helper.to_array(a.t) if a is not None else None
+    return None
+
+
+def _lut_node_ok(L: Lowering, n, known: set[str]) -> bool:
+    if n.op_type not in LUT_OPS or (n.op_type == "Cast" and _attr(n, "to") != onnx.TensorProto.FLOAT):
+        return False
+    for i in n.input:
+        if not i or i in known:
+            continue
+        c = _const_array(L, i)
+        if c is None or c.size != 1:
+            return False
+    return True
+
+
+def lut_island(L: Lowering, node) -> bool:
+    """The element-wise ops between a DequantizeLinear and a QuantizeLinear that are functions of
+    that one int8 tensor (GELU as Div -> Erf -> Add -> Mul -> Mul, SiLU, tanh, ...) become one table
+    lookup: the table is the QDQ graph itself, run by onnxruntime on all 256 int8 values."""
+    if node.op_type not in LUT_OPS:
+        return False
+    srcs = {i for i in node.input if i and _const_array(L, i) is None}
+    if len(srcs) != 1:
+        return False
+    x = srcs.pop()
+    xv = L.val.get(x)
+    if not isinstance(xv, QV) or not _lut_node_ok(L, node, {x}):
+        return False
+    pos = L.order[id(node)]
+    members = {id(node): node}
+    known = {x, *[o for o in node.output if o]}
+
+    def backfill(name: str, depth: int = 0):
+        """Nodes (after `node`) computing `name` from x and constants alone, or None."""
+        if name in known or _const_array(L, name) is not None:
+            return []
+        p = L.producer.get(name)
+        if p is None or depth > 8 or L.order.get(id(p), -1) <= pos or p.op_type not in LUT_OPS:
+            return None
+        got = [p]
+        for i in p.input:
+            if i:
+                sub = backfill(i, depth + 1)
+                if sub is None:
+                    return None
+                got += sub
+        return got
+
+    changed = True
+    while changed and len(members) < 32:
+        changed = False
+        for name in list(known - {x}):
+            for c in L.consumers.get(name, []):
+                if id(c) in members or c.op_type == "QuantizeLinear" or c.op_type not in LUT_OPS:
+                    continue
+                extra = []
+                for i in c.input:
+                    if i and i not in known and _const_array(L, i) is None:
+                        sub = backfill(i)
+                        if sub is None:
+                            extra = None
+                            break
+                        extra += sub
+                if extra is None:
+                    continue
+                trial = known | {o for e in extra for o in e.output if o}
+                if not all(_lut_node_ok(L, e, trial) for e in extra) or not _lut_node_ok(L, c, trial):
+                    continue
+                for e in extra + [c]:
+                    members[id(e)] = e
+                    known.update(o for o in e.output if o)
+                changed = True
+    if len(members) < 2 and node.op_type in AFFINE_OPS:
+        return False
+    exits = []
+    for m in members.values():
+        for o in m.output:
+            if not o:
+                continue
+            outside = [c for c in L.consumers.get(o, []) if id(c) not in members]
+            if o in L.graph_outputs or any(c.op_type != "QuantizeLinear" for c in outside):
+                return False
+            if outside:
+                exits.append((o, outside))
+    if len(exits) != 1:
+        return False
+    out, qs = exits[0]
+    try:
+        params = {(np.float32(s), z) for s, z in (L._q_params(q) for q in qs)}
+    except Unsupported:  # not an int8 per-tensor QuantizeLinear: the handlers report it
+        return False
+    if len(params) != 1:
+        return False
+    s, z = L._q_params(qs[0])
+    order = sorted(members.values(), key=lambda n: L.order[id(n)])
+    table = _tabulate(L, x, xv.buf, order, qs[0])
+    xb = xv.buf
+    ct = L.g.const("lut", "int8_t", table)
+    y = L.new_buf(qs[0].output[0], xb.shape, "i8", s, z)
+    L.add_op(Op("lut", [xb], [y], lambda c: [f"ce_lut_q8({xb.numel}, {c.ptr(xb)}, {ct}, {c.ptr(y)});"],
+                node=",".join(n.name for n in order), inplace=0))
+    for n in list(order) + list(qs):
+        L.skip.add(id(n))
+    L.bind([q.output[0] for q in qs], QV(y))
+    return True
+
+
+def _tabulate(L: Lowering, x: str, xb: Buf, nodes, q) -> np.ndarray:
+    """Run the nodes and the QuantizeLinear on the 256 dequantized int8 values (onnxruntime, no
+    graph optimizations: the QDQ semantics the engine matches)."""
+    from onnx import helper
+
+    vals = (np.arange(-128, 128, dtype=np.int32) - xb.zp).astype(np.float32) * np.float32(xb.scale)
+    inits, seen = [], {x}
+    for n in list(nodes) + [q]:
+        for i in n.input:
+            if i and i not in seen and not any(i in m.output for m in nodes):
+                seen.add(i)
+                inits.append(onnx.numpy_helper.from_array(np.asarray(_const_array(L, i)), i))
+    graph = helper.make_graph(list(nodes) + [q], "lut", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, [256])],
+                              [helper.make_empty_tensor_value_info(q.output[0])], inits)
+    model = helper.make_model(graph, opset_imports=list(L.model.opset_import))
+    model.ir_version = L.model.ir_version
+    try:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out = sess.run(None, {x: vals})[0]
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        out = ReferenceEvaluator(model).run(None, {x: vals})[0]
+    out = np.asarray(out).reshape(-1)
+    if out.size != 256 or out.dtype != np.int8:
+        raise Unsupported("element-wise chain does not map int8 to int8 one to one")
+    return out.astype(np.int8)
+
+
+FUSIONS.append(lut_island)
+
+
+# ---- Slice / Split: strided copies ---------------------------------------------------------------
+def _strided_copy(L: Lowering, node, x: Buf, out_name: str, starts, counts, steps):
+    """y = x[start_i : start_i + count_i * step_i : step_i] along every axis (steps > 0)."""
+    natural = [int(np.prod(x.shape[i + 1:], dtype=np.int64)) for i in range(len(x.shape))]
+    out_shape = tuple(int(c) for c in counts)
+    offset = int(sum(s * st for s, st in zip(starts, natural)))
+    xs = [st * sp if c > 1 else 0 for st, sp, c in zip(natural, steps, counts)]
+    if int(np.prod(out_shape, dtype=np.int64)) == x.numel:  # the whole tensor
+        L.bind(out_name, _wrap(Buf(L.unique(out_name), out_shape, x.dtype, x.scale, x.zp, alias=x)))
+        return
+    dims, (sx,) = _collapse(out_shape, [xs])
+    y = L.new_buf(out_name, out_shape, x.dtype, x.scale, x.zp)
+    cd = L.g.const("dims", "int32_t", np.asarray(dims, np.int32))
+    cs = L.g.const("st", "int32_t", np.asarray(sx, np.int32))
+    es = x.nbytes // max(1, x.numel)
+    L.add_op(Op("slice", [x], [y], lambda c: [
+        f"ce_broadcast_copy({len(dims)}, {cd}, {cs}, {es}, {c.ptr(x)} + {offset}, {c.ptr(y)});"], node=node.name))
+    L.bind(out_name, _wrap(y))
+
+
+@handler("Slice")
+def slice_op(L: Lowering, node):
+    x = _act(L, node.input[0])
+    r = len(x.shape)
+    const = lambda i: [int(v) for v in L.const(node.input[i]).reshape(-1)] if len(node.input) > i and node.input[i] else None  # noqa: E731
+    starts, ends = const(1), const(2)
+    axes = const(3) or list(range(len(starts)))
+    steps = const(4) or [1] * len(starts)
+    st, cnt, sp = [0] * r, list(x.shape), [1] * r
+    for a, s, e, p in zip(axes, starts, ends, steps):
+        a %= r
+        if p <= 0:
+            raise Unsupported("Slice with a negative step")
+        rng = range(x.shape[a])[slice(s, e, p)]
+        st[a], cnt[a], sp[a] = (rng.start if len(rng) else 0), len(rng), p
+    _strided_copy(L, node, x, node.output[0], st, cnt, sp)
+
+
+@handler("Split")
+def split_op(L: Lowering, node):
+    x = _act(L, node.input[0])
+    r = len(x.shape)
+    axis = _attr(node, "axis", 0) % r
+    start = 0
+    for o in node.output:
+        if not o:
+            continue
+        n = int(L.shapes[o][axis]) if o in L.shapes else None
+        if n is None:
+            raise Unsupported("Split with unknown output shapes")
+        st, cnt = [0] * r, list(x.shape)
+        st[axis], cnt[axis] = start, n
+        _strided_copy(L, node, x, o, st, cnt, [1] * r)
+        start += n

@@ -2,7 +2,8 @@
 
 Each arch is a Makefile target of the generated engine (`make host|rv64gc|rv64gcv`); RISC-V
 binaries are static and run under qemu-user with the Vector extension at VLEN=128. Instruction
-counts come from qemu's one-instruction-per-block exec trace, so they are deterministic.
+counts come from a small counting qemu plugin (native/cengine/tools/qemu_insncount.c) or, where
+qemu does not load it, from qemu's exec trace; both are deterministic and give the same number.
 """
 
 from __future__ import annotations
@@ -85,6 +86,46 @@ def engine_meta(out_dir: Path) -> dict:
     return json.loads((Path(out_dir) / "engine.json").read_text())
 
 
+NP_DTYPES = {"float32": np.float32, "int8": np.int8, "int64": np.int64, "int32": np.int32, "bool": np.bool_}
+
+
+def input_specs(meta: dict) -> list[dict]:
+    """The engine's inputs (name, shape, dtype) in order, from its engine.json."""
+    return meta.get("inputs") or [meta["input"]]
+
+
+def pack_inputs(meta: dict, inputs) -> tuple[np.ndarray, int]:
+    """Samples as the runner reads them: one record per sample, the raw bytes of every input in
+    order. `inputs`: one array (single-input engines), a list/tuple of arrays in input order, or
+    a dict by input name; each batch-first (N x input shape) or a single sample."""
+    specs = input_specs(meta)
+    if isinstance(inputs, dict):
+        missing = [s["name"] for s in specs if s["name"] not in inputs]
+        if missing:
+            raise CompressError(f"missing engine input(s): {', '.join(missing)}")
+        arrays = [inputs[s["name"]] for s in specs]
+    elif isinstance(inputs, (list, tuple)) and len(specs) > 1:
+        arrays = list(inputs)
+    else:
+        arrays = [inputs]
+    if len(arrays) != len(specs):
+        raise CompressError(f"the engine takes {len(specs)} input(s) ({', '.join(s['name'] for s in specs)}), "
+                            f"got {len(arrays)}")
+    parts, n = [], None
+    for a, spec in zip(arrays, specs):
+        size = int(np.prod(spec["shape"]))
+        a = np.asarray(a)
+        if a.size % size:
+            raise CompressError(f"engine input '{spec['name']}' takes {size} values per sample "
+                                f"(shape {spec['shape']}), got an array of shape {list(a.shape)}")
+        x = np.ascontiguousarray(a.astype(NP_DTYPES[spec["dtype"]], copy=False)).reshape(-1, size)
+        if n is not None and x.shape[0] != n:
+            raise CompressError(f"engine inputs have different sample counts ({n} and {x.shape[0]})")
+        n = x.shape[0]
+        parts.append(x.view(np.uint8).reshape(n, -1))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1)), int(n or 0)
+
+
 def _command(binary: Path, arch: str) -> list[str]:
     if arch == "host":
         return [str(binary)]
@@ -92,22 +133,21 @@ def _command(binary: Path, arch: str) -> list[str]:
     return [QEMU, "-cpu", QEMU_CPU[arch], str(binary)]
 
 
-def run_engine(out_dir_or_binary, inputs: np.ndarray, arch: str = "host") -> np.ndarray:
-    """Run the engine on a batch (N x input shape, float32 or int8 per the model) -> float32 N x out."""
+def run_engine(out_dir_or_binary, inputs, arch: str = "host") -> np.ndarray:
+    """Run the engine on a batch (see `pack_inputs` for the forms of `inputs`) -> float32 N x out."""
     out_dir, binary = _engine_dir(Path(out_dir_or_binary))
     meta = engine_meta(out_dir)
     if binary is None:  # make is incremental: a no-op when the build is up to date
         binary = compile_engine(out_dir, arch)
-    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
-    x = np.ascontiguousarray(np.asarray(inputs, dt)).reshape(-1, int(np.prod(meta["input"]["shape"])))
+    records, n = pack_inputs(meta, inputs)
     with tempfile.TemporaryDirectory() as td:
         fin, fout = Path(td, "in.bin"), Path(td, "out.bin")
-        x.tofile(fin)
+        records.tofile(fin)
         r = subprocess.run(_command(binary, arch) + [str(fin), str(fout)], capture_output=True, text=True)
         if r.returncode != 0:
             raise CompressError(f"the {arch} engine failed (exit {r.returncode}): {r.stderr[-2000:]}")
         y = np.fromfile(fout, np.float32)
-    return y.reshape((x.shape[0],) + tuple(meta["output"]["shape"][1:]))
+    return y.reshape((n,) + tuple(meta["output"]["shape"][1:]))
 
 
 def _singlestep_count(cmd: list[str]) -> int:
@@ -176,38 +216,78 @@ def _block_count(cmd: list[str]) -> int:
     return sum(n * sizes[pc] for pc, n in execs.items())
 
 
-def count_instructions(binary, one_input: np.ndarray, arch: str, method: str = "blocks") -> int:
+def _plugin_path(out_dir: Path) -> Path | None:
+    """The instruction-counting qemu plugin (native/cengine/tools/qemu_insncount.c), built once per
+    engine directory with the host compiler; None where it cannot be built."""
+    from .emit import kernels_dir
+
+    so = Path(out_dir) / "build" / "libinsncount.so"
+    src = kernels_dir() / "tools" / "qemu_insncount.c"
+    if so.is_file() and so.stat().st_mtime >= src.stat().st_mtime:
+        return so
+    cc = host_cc()
+    if cc is None or not src.is_file():
+        return None
+    so.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(so), str(src)], capture_output=True, text=True)
+    return so if r.returncode == 0 else None
+
+
+def _plugin_count(cmd: list[str], plugin: Path) -> int | None:
+    r = subprocess.run(cmd[:1] + ["-plugin", str(plugin)] + cmd[1:], capture_output=True, text=True)
+    found = re.findall(r"insncount (\d+)", r.stderr)
+    if r.returncode != 0 and found:
+        raise CompressError(f"instruction counting failed: {r.stderr[-2000:]}")
+    return int(found[-1]) if found else None  # None: this qemu refuses the plugin
+
+
+def count_instructions(binary, one_input, arch: str, method: str = "auto") -> int:
     """Dynamic RISC-V instructions of one inference under qemu (run 1 minus run 0: the program's
-    start-up and file reading cancel out), deterministic. method: "blocks" (fast, default) or
-    "singlestep" (qemu -singlestep -d exec,nochain, one log line per instruction)."""
+    start-up and file reading cancel out), deterministic. method: "plugin" (a counting qemu
+    plugin, near qemu's normal speed), "blocks" (qemu's exec log, about 10x slower than the
+    plugin), "singlestep" (qemu -singlestep -d exec,nochain, one log line per instruction), or
+    "auto" (the plugin where qemu loads it, else blocks). All give the same number."""
     if arch not in QEMU_CPU:
         raise CompressError(f"instruction counting needs a RISC-V build (rv64gc or rv64gcv), not '{arch}'")
     out_dir, b = _engine_dir(Path(binary))
     if b is None:
         b = out_dir / "build" / arch / "runner"
     meta = engine_meta(out_dir)
-    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
-    x = np.ascontiguousarray(np.asarray(one_input, dt)).reshape(-1)[: int(np.prod(meta["input"]["shape"]))]
+    records, _ = pack_inputs(meta, one_input)
     with tempfile.TemporaryDirectory() as td:
         fin = Path(td, "in.bin")
-        x.tofile(fin)
+        records[:1].tofile(fin)
         base = _command(b, arch)
+        runs = [base + ["--repeat", "1", str(fin)], base + ["--repeat", "0", str(fin)]]
+        if method in ("auto", "plugin"):
+            plugin = _plugin_path(out_dir)
+            counts = [_plugin_count(c, plugin) for c in runs] if plugin is not None else [None]
+            if None not in counts:
+                return counts[0] - counts[1]
+            if method == "plugin":
+                raise CompressError("this qemu cannot load the instruction-counting plugin (plugin API version 1)")
+            method = "blocks"
         counter = {"blocks": _block_count, "singlestep": _singlestep_count}[method]
-        n1 = counter(base + ["--repeat", "1", str(fin)])
-        n0 = counter(base + ["--repeat", "0", str(fin)])
+        n1 = counter(runs[0])
+        n0 = counter(runs[1])
     return n1 - n0
 
 
-def host_latency_ns(out_dir: Path, runs: int = 200) -> float:
-    """Median single-thread latency of one inference of the host build, in ns (timed in C)."""
+def host_latency_ns(out_dir: Path, runs: int = 200, sample=None) -> float:
+    """Median single-thread latency of one inference of the host build, in ns (timed in C), on
+    `sample` (one sample in any `pack_inputs` form; default: random floats, ones for integer inputs)."""
     out_dir = Path(out_dir)
     meta = engine_meta(out_dir)
     binary = compile_engine(out_dir, "host")
-    dt = np.float32 if meta["input"]["dtype"] == "float32" else np.int8
-    x = np.random.default_rng(0).standard_normal(int(np.prod(meta["input"]["shape"]))).astype(dt)
+    if sample is None:
+        rng = np.random.default_rng(0)
+        sample = [rng.standard_normal(int(np.prod(s["shape"]))) if s["dtype"] in ("float32", "int8")
+                  else np.ones(int(np.prod(s["shape"]))) for s in input_specs(meta)]
+        sample = sample if len(sample) > 1 else sample[0]
+    records, _ = pack_inputs(meta, sample)
     with tempfile.TemporaryDirectory() as td:
         fin = Path(td, "in.bin")
-        x.tofile(fin)
+        records[:1].tofile(fin)
         r = subprocess.run([str(binary), "--bench", str(runs), str(fin)], capture_output=True, text=True)
         if r.returncode != 0:
             raise CompressError(f"host benchmark failed: {r.stderr[-2000:]}")
@@ -245,19 +325,25 @@ void ce_trace(int op, const char *tensor, const void *data, long nbytes)
 int main(int argc, char **argv)
 {
     static float out[%(up)s_OUTPUT_SIZE];
-    void *x = malloc(%(up)s_INPUT_SIZE * 4);
+    const long sizes[%(up)s_N_INPUTS] = { %(sizes)s };
+    void *ins[%(up)s_N_INPUTS];
+    long k;
     FILE *f = fopen(argv[1], "rb");
-    if (!f || fread(x, 1, %(up)s_INPUT_SIZE * %(isz)d, f) == 0) return 2;
+    if (!f) return 2;
+    for (k = 0; k < %(up)s_N_INPUTS; k++) {
+        ins[k] = malloc((size_t)sizes[k] + 64);
+        if (fread(ins[k], 1, (size_t)sizes[k], f) != (size_t)sizes[k]) return 2;
+    }
     fclose(f);
     tf = fopen(argv[2], "wb");
-    %(name)s_run(x, out);
+    %(name)s_run_inputs((const void *const *)ins, out);
     fclose(tf);
     return 0;
 }
 """
 
 
-def trace_engine(out_dir: Path, one_input: np.ndarray) -> list[tuple[int, str, bytes]]:
+def trace_engine(out_dir: Path, one_input) -> list[tuple[int, str, bytes]]:
     """Run one inference of a host build with a dump after every kernel: [(op, tensor, bytes)]."""
     out_dir = Path(out_dir)
     meta = engine_meta(out_dir)
@@ -265,10 +351,11 @@ def trace_engine(out_dir: Path, one_input: np.ndarray) -> list[tuple[int, str, b
     cc = host_cc()
     if cc is None:
         require_tools("host")
-    isz = 4 if meta["input"]["dtype"] == "float32" else 1
+    up = name.upper()
+    sizes = ", ".join(f"{up}_INPUT{k}_BYTES" for k in range(len(input_specs(meta))))
     with tempfile.TemporaryDirectory() as td:
         main = Path(td, "trace_main.c")
-        main.write_text(TRACE_MAIN % {"name": name, "up": name.upper(), "isz": isz})
+        main.write_text(TRACE_MAIN % {"name": name, "up": up, "sizes": sizes})
         exe = Path(td, "trace")
         srcs = [str(out_dir / f"{name}.c")] + [str(p) for p in sorted((out_dir / "cengine").glob("*.c"))]
         r = subprocess.run([cc, "-std=c99", "-O1", "-ffp-contract=off", "-DCE_TRACE_ENABLE",
@@ -277,7 +364,8 @@ def trace_engine(out_dir: Path, one_input: np.ndarray) -> list[tuple[int, str, b
         if r.returncode:
             raise CompressError(f"trace build failed: {r.stderr[-2000:]}")
         fin, fout = Path(td, "in.bin"), Path(td, "trace.bin")
-        np.ascontiguousarray(one_input, np.float32 if isz == 4 else np.int8).tofile(fin)
+        records, _ = pack_inputs(meta, one_input)
+        records[:1].tofile(fin)
         subprocess.run([str(exe), str(fin), str(fout)], check=True)
         data = fout.read_bytes()
     recs, i = [], 0
@@ -301,7 +389,7 @@ class EngineRunner:
         self.path, self.arch = Path(path), arch
 
     def __call__(self, *arrays) -> np.ndarray:
-        return run_engine(self.path, arrays[0], self.arch)
+        return run_engine(self.path, list(arrays) if len(arrays) > 1 else arrays[0], self.arch)
 
 
 def make_runner(path: Path, threads: int | None = None) -> EngineRunner:

@@ -11,6 +11,14 @@ Parity is measured against two onnxruntime executions of the same QDQ model:
   intermediate sums (documented by onnxruntime, the reason for its `reduce_range` option), so
   they may differ from the QDQ semantics by several steps; reported for information, and it is the
   latency baseline.
+
+A float output (an embedding; float logits) has no quantization step: it passes with a mean
+cosine to `ort_ref` of at least MIN_COSINE_MEAN and at least MIN_COSINE on every sample. Float
+islands (Softmax, LayerNorm, erf, the float sums of int8 products) round a little differently from
+onnxruntime's kernels, and where a value is quantized after them the difference can cross an int8
+rounding boundary and propagate; on the MiniLM sample onnxruntime's own two executions of the same
+QDQ model (`ort_ref` and `ort_int8`) differ by about as much (mean cosine 0.9992, min 0.990), and
+the engine agrees with `ort_ref` at mean 0.9990, min 0.990 (200 held-out sentences).
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ import numpy as np
 
 from compressor.errors import CompressError
 
-from .toolchain import (ARCHS, code_bytes, compile_engine, count_instructions, engine_meta,
-                        host_latency_ns, missing_tools, run_engine)
+from .toolchain import (ARCHS, NP_DTYPES, code_bytes, compile_engine, count_instructions, engine_meta,
+                        host_latency_ns, input_specs, missing_tools, run_engine)
 
 
 def ort_session(onnx_path: Path, optimized: bool = True, threads: int = 1):
@@ -38,15 +46,26 @@ def ort_session(onnx_path: Path, optimized: bool = True, threads: int = 1):
     return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
-def ort_run(sess, x: np.ndarray) -> np.ndarray:
-    name = sess.get_inputs()[0].name
+def _as_list(x) -> list[np.ndarray]:
+    return [np.asarray(a) for a in x] if isinstance(x, (list, tuple)) else [np.asarray(x)]
+
+
+def ort_run(sess, x) -> np.ndarray:
+    """Run a batch (one array, or a list of arrays in input order) through an onnxruntime session."""
+    xs = _as_list(x)
+    names = [i.name for i in sess.get_inputs()]
     dim0 = sess.get_inputs()[0].shape[0]
     if not isinstance(dim0, int) or dim0 != 1:  # dynamic batch: one call
         try:
-            return sess.run(None, {name: x})[0]
+            import onnxruntime as ort
+
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = 4  # a graph traced at batch 1 fails here: no error log
+            return sess.run(None, dict(zip(names, xs)), quiet)[0]
         except Exception:  # noqa: BLE001 - fall back to one sample at a time
             pass
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([sess.run(None, {n: a[i:i + 1] for n, a in zip(names, xs)})[0]
+                           for i in range(len(xs[0]))])
 
 
 def parity(y: np.ndarray, ref: np.ndarray, step: float | None) -> dict:
@@ -54,6 +73,9 @@ def parity(y: np.ndarray, ref: np.ndarray, step: float | None) -> dict:
     diff = np.abs(y2.astype(np.float64) - r2)
     out = {"top1_agreement": float(np.mean(y2.argmax(1) == r2.argmax(1))),
            "max_abs_diff": float(diff.max())}
+    a, b = y2.astype(np.float64), r2.astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    out["cosine_mean"], out["cosine_min"] = float(cos.mean()), float(cos.min())
     if step:
         steps = np.rint(diff / step)
         out["max_diff_steps"] = int(steps.max())
@@ -61,32 +83,55 @@ def parity(y: np.ndarray, ref: np.ndarray, step: float | None) -> dict:
     return out
 
 
-def ort_latency_ns(sess, x1: np.ndarray, runs: int) -> float:
-    name = sess.get_inputs()[0].name
+def ort_latency_ns(sess, x1, runs: int) -> float:
+    feeds = {i.name: a for i, a in zip(sess.get_inputs(), _as_list(x1))}
     for _ in range(10):
-        sess.run(None, {name: x1})
+        sess.run(None, feeds)
     t = []
     for _ in range(runs):
         a = time.perf_counter_ns()
-        sess.run(None, {name: x1})
+        sess.run(None, feeds)
         t.append(time.perf_counter_ns() - a)
     return float(np.median(t))
 
 
+def engine_inputs(meta: dict, inputs) -> list[np.ndarray]:
+    """`inputs` (one array, a list in input order or a dict by name) as batch-first arrays of the
+    engine's input shapes and dtypes."""
+    specs = input_specs(meta)
+    arrays = ([inputs[s["name"]] for s in specs] if isinstance(inputs, dict)
+              else (list(inputs) if isinstance(inputs, (list, tuple)) and len(specs) > 1 else [inputs]))
+    if len(arrays) != len(specs):
+        raise CompressError(f"the engine takes {len(specs)} input(s), got {len(arrays)}")
+    return [np.asarray(a, NP_DTYPES[s["dtype"]]).reshape((-1,) + tuple(s["shape"][1:]))
+            for a, s in zip(arrays, specs)]
+
+
+# a float output (an embedding, float logits) passes with these cosines to onnxruntime's QDQ result
+MIN_COSINE_MEAN = 0.998
+MIN_COSINE = 0.98
+
+
 def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = True,
-           latency_runs: int = 200, latency_rounds: int = 3) -> dict:
+           latency_runs: int = 200, latency_rounds: int = 3, emulated_samples: int | None = None) -> dict:
     """Build every arch, run all inputs, compare; see the module docstring for the criteria.
 
-    Returns a dict with: bit_exact (all builds identical), builds, parity_ref / parity_int8 (vs
-    onnxruntime), passed, sizes (arena, peak live, weights, code per arch), instructions (per
-    inference, rv64gc and rv64gcv, and their ratio), latency (host engine vs onnxruntime int8,
-    single thread, medians of alternating rounds).
+    `inputs`: one array, or for a multi-input model a list (input order) or dict (by name) of
+    batch-first arrays. `emulated_samples`: run only the first N samples on the builds that run
+    under qemu (bit-exactness is checked on those; parity with onnxruntime uses all samples of
+    the first build). Returns a dict with: bit_exact (all builds identical), builds,
+    parity_ref / parity_int8 (vs onnxruntime), passed, sizes (arena, peak live, weights, code per
+    arch), instructions (per inference, rv64gc and rv64gcv, and their ratio), latency (host engine
+    vs onnxruntime int8, single thread, medians of alternating rounds).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     meta = engine_meta(out_dir)
-    x = np.asarray(inputs, np.float32 if meta["input"]["dtype"] == "float32" else np.int8)
-    x = x.reshape((-1,) + tuple(meta["input"]["shape"][1:]))
-    rep: dict = {"model": str(onnx_path), "n_inputs": int(len(x))}
+    xs = engine_inputs(meta, inputs)
+    x = xs if len(xs) > 1 else xs[0]
+    first = [a[:1] for a in xs] if len(xs) > 1 else xs[0][:1]
+    n = int(len(xs[0]))
+    k = n if emulated_samples is None else max(1, min(n, int(emulated_samples)))
+    rep: dict = {"model": str(onnx_path), "n_inputs": n}
     outs = {}
     skipped = {}
     for arch in archs:
@@ -95,12 +140,15 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
             skipped[arch] = f"missing {', '.join(miss)}"
             continue
         compile_engine(out_dir, arch)
-        outs[arch] = run_engine(out_dir, x, arch)
+        some = x if arch == "host" or k == n else ([a[:k] for a in xs] if len(xs) > 1 else xs[0][:k])
+        outs[arch] = run_engine(out_dir, some, arch)
     rep["builds"] = sorted(outs)
     rep["skipped_builds"] = skipped
+    rep["bit_exact_samples"] = min((len(o) for o in outs.values()), default=0)
     base = outs.get("host", next(iter(outs.values())) if outs else None)
-    rep["bit_exact"] = bool(outs) and all(np.array_equal(base, o) for o in outs.values())
-    rep["bit_exact_pairs"] = {a: bool(np.array_equal(base, o)) for a, o in outs.items()}
+    same = {a: bool(np.array_equal(base[:len(o)], o)) for a, o in outs.items()}
+    rep["bit_exact"] = bool(outs) and all(same.values())
+    rep["bit_exact_pairs"] = same
 
     step = meta["output"]["scale"]
     ref_sess, int8_sess = ort_session(onnx_path, optimized=False), ort_session(onnx_path, optimized=True)
@@ -108,8 +156,11 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
     rep["parity_ref"] = parity(base, ref, step)
     rep["parity_int8"] = parity(base, ref8, step)
     p = rep["parity_ref"]
-    rep["passed"] = bool(rep["bit_exact"] and p["top1_agreement"] >= 0.995
-                         and (step is None or p.get("max_diff_steps", 0) <= 1))
+    if step is None:  # float output: an embedding or float logits
+        agree = p["cosine_mean"] >= MIN_COSINE_MEAN and p["cosine_min"] >= MIN_COSINE
+    else:
+        agree = p["top1_agreement"] >= 0.995 and p.get("max_diff_steps", 0) <= 1
+    rep["passed"] = bool(rep["bit_exact"] and agree)
 
     rep["sizes"] = {"arena_bytes": meta["arena_bytes"], "peak_live_bytes": meta["peak_live_bytes"],
                     "arena_over_peak": meta["arena_bytes"] / max(1, meta["peak_live_bytes"]),
@@ -117,17 +168,17 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
                     "code_bytes": {a: code_bytes(out_dir, a) for a in outs}}
     rep["macs"] = meta["macs"]
     if count and {"rv64gc", "rv64gcv"} <= set(outs):
-        n_gc = count_instructions(out_dir / "build/rv64gc/runner", x[0], "rv64gc")
-        n_gcv = count_instructions(out_dir / "build/rv64gcv/runner", x[0], "rv64gcv")
+        n_gc = count_instructions(out_dir / "build/rv64gc/runner", first, "rv64gc")
+        n_gcv = count_instructions(out_dir / "build/rv64gcv/runner", first, "rv64gcv")
         rep["instructions"] = {"rv64gc": n_gc, "rv64gcv": n_gcv, "rvv_over_scalar": n_gcv / n_gc}
     if latency_runs and "host" in outs:
         eng, ortl = [], []
         for _ in range(latency_rounds):  # alternate A B A B in one process
-            eng.append(host_latency_ns(out_dir, latency_runs))
-            ortl.append(ort_latency_ns(int8_sess, x[:1], latency_runs))
+            eng.append(host_latency_ns(out_dir, latency_runs, first))
+            ortl.append(ort_latency_ns(int8_sess, first, latency_runs))
         e, o = float(np.median(eng)), float(np.median(ortl))
         rep["latency"] = {"engine_host_ms": e / 1e6, "ort_int8_ms": o / 1e6, "engine_over_ort": e / o}
     return rep
 
 
-__all__ = ["verify", "ort_session", "ort_run", "parity", "CompressError"]
+__all__ = ["verify", "ort_session", "ort_run", "parity", "engine_inputs", "CompressError"]

@@ -114,8 +114,10 @@ static void eltwise_cases(void)
     printf("clamp %08x\n", fnv(y, N));
     for (i = 0; i < N; i++) f[i] = (float)((int32_t)(next() % 20001) - 10000) * 0.00731f;
     f[3] = 0.5f; f[4] = 1.5f; f[5] = -2.5f; f[6] = 1e9f; f[7] = -1e9f;
+    { volatile float zero = 0.0f; f[8] = zero / zero; } /* NaN quantizes to -128 */
     ce_quantize_f32(N, f, 0.25f, -3, y);
     printf("quantize %08x\n", fnv(y, N));
+    f[8] = 0.25f; /* NaN bits differ between ISAs: no NaN in the float kernels below */
     ce_dequantize_i8(N, a, 0.037f, 5, g);
     printf("dequantize %08x\n", fnv(g, 4 * N));
     ce_softmax_f32(1, N, f, g);
@@ -160,6 +162,78 @@ static void pool_cases(void)
         ce_transpose(4, dims, perm, 1, x, y);
         printf("transpose %08x\n", fnv(y, 210));
     }
+    {
+        const int32_t dims[4] = {1, 5, 3, 7}, perm[4] = {0, 2, 1, 3}; /* rows move whole */
+        static float xf[105], yf[105];
+        for (i = 0; i < 105; i++) xf[i] = (float)i * 0.5f;
+        ce_transpose(4, dims, perm, 4, xf, yf);
+        printf("transpose_rows %08x\n", fnv(yf, sizeof yf));
+    }
+}
+
+static void transformer_cases(void)
+{
+    enum { T = 13, K = 37, M = 29 };
+    static float a[T * K], b[K * M], y[T * M], z[T * M], pos[T * M];
+    static int8_t x8[1000], y8[1000], lut[256], tab[50 * 24];
+    static int64_t ids[9] = {3, 0, 49, -1, 7, 7, 60, 12, 25};
+    static float sc[50], g[9 * 24];
+    static uint8_t c[T * M];
+    static int64_t i64[40];
+    static int32_t i32[40];
+    int i;
+    for (i = 0; i < T * K; i++) a[i] = (float)((int32_t)(next() % 2001) - 1000) * 0.0173f;
+    for (i = 0; i < K * M; i++) b[i] = (float)((int32_t)(next() % 2001) - 1000) * 0.0091f;
+    ce_matmul_f32(T, M, K, a, K, b, M, y, M);
+    printf("matmul_f32 %08x\n", fnv(y, sizeof y));
+    {
+        const int32_t dims[3] = {T, 1, M}, as[3] = {M, 0, 1}, bs[3] = {0, 0, 1};
+        const int32_t dims2[2] = {T, M}, s1[2] = {M, 1}, s0[2] = {1, 0}, cs[2] = {0, 1};
+        ce_binary_f32(CE_ADD, 3, dims, as, bs, y, b, z);
+        printf("binary_add_bcast %08x\n", fnv(z, sizeof z));
+        ce_binary_f32(CE_DIV, 2, dims2, s1, s0, y, a, z);
+        printf("binary_div_col %08x\n", fnv(z, sizeof z));
+        ce_binary_f32(CE_MUL, 2, dims2, s1, s1, y, z, z);
+        printf("binary_mul_inplace %08x\n", fnv(z, sizeof z));
+        ce_binary_f32(CE_SUB, 2, dims2, s0, s1, a, y, z); /* a scalar per row, minus a row */
+        printf("binary_rsub %08x\n", fnv(z, sizeof z));
+        ce_binary_f32(CE_DIV, 2, dims2, s0, s1, a, y, z);
+        printf("binary_rdiv %08x\n", fnv(z, sizeof z));
+        for (i = 0; i < T * M; i++) c[i] = (uint8_t)(next() & 1);
+        ce_where_f32(2, dims2, cs, s1, s0, c, y, a, z);
+        printf("where %08x\n", fnv(z, sizeof z));
+    }
+    for (i = 0; i < T * M; i++) pos[i] = y[i] < 0.0f ? -y[i] : y[i];
+    for (i = 0; i < 9; i++) { /* sqrt of |y|: NaN bits differ between ISAs (x86 -NaN, RISC-V +NaN) */
+        ce_unary_f32(i, T * M, i == CE_SQRT ? pos : y, z);
+        printf("unary%d %08x\n", i, fnv(z, sizeof z));
+    }
+    for (i = 0; i < 6; i++) ce_reduce_f32(i, 3, 5, 7, a, z), printf("reduce%d %08x\n", i, fnv(z, 4 * 21));
+    ce_layernorm_f32(T, K, a, b, b + K, 1e-12f, z);
+    printf("layernorm_ort %08x\n", fnv(z, 4 * T * K));
+    fill8(x8, sizeof x8, -128, 127);
+    fill8(lut, sizeof lut, -128, 127);
+    ce_lut_q8(999, x8, lut, y8);
+    printf("lut %08x\n", fnv(y8, 999));
+    fill8(tab, sizeof tab, -127, 127);
+    for (i = 0; i < 50; i++) sc[i] = 0.001f * (float)(i + 1);
+    ce_gather_dq_rows(9, ids, CE_I64, 50, 24, tab, 0, sc, 1, g);
+    printf("gather_dq_rows %08x\n", fnv(g, sizeof g));
+    ce_gather_dq_rows(9, ids, CE_I64, 50, 24, tab, 3, sc + 7, 0, g);
+    printf("gather_dq_tensor %08x\n", fnv(g, sizeof g));
+    ce_gather(2, 25, 24, 9, ids, CE_I64, tab, x8);
+    printf("gather %08x\n", fnv(x8, 2 * 9 * 24));
+    for (i = 0; i < 40; i++) i64[i] = (int64_t)(next() % 5) - 2;
+    ce_cast(40, CE_I64, i64, CE_F32, z);
+    ce_cast(40, CE_F32, z, CE_U8, c);
+    ce_cast(40, CE_F32, a, CE_I32, i32);
+    printf("cast %08x %08x %08x\n", fnv(z, 160), fnv(c, 40), fnv(i32, 160));
+    {
+        static int64_t big[120];
+        const int32_t dims[3] = {4, 5, 6}, xs[3] = {6, 0, 1};
+        ce_broadcast_copy(3, dims, xs, 8, i64, big); /* (4, 1, 6) -> (4, 5, 6) */
+        printf("expand %08x\n", fnv(big, sizeof big));
+    }
 }
 
 int main(void)
@@ -183,6 +257,7 @@ int main(void)
     gemm_case(3, 40, 19, 7);
     eltwise_cases();
     pool_cases();
+    transformer_cases();
     printf("expf %08x erff %08x\n", (unsigned)fnv((float[]){ce_expf(-3.3f), ce_expf(0.7f), ce_expf(20.f)}, 12),
            (unsigned)fnv((float[]){ce_erff(-0.3f), ce_erff(1.7f), ce_erff(4.f)}, 12));
     return 0;
