@@ -10,20 +10,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import native
-from ..evaluators import Evaluator
 from ..model_io import first_output
 from ..progress import Progress
-from .calibrate import batched_outputs
 from .fakequant import FakeQuant
 from .graph import op_kind
 from .scheme import WEIGHTED
-from .sensitivity import output_error
 
 
 MIN_SCALE = 1e-8
@@ -74,10 +72,11 @@ def _normalised_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def distill(student: nn.Module, teacher_out: torch.Tensor, inputs: tuple[torch.Tensor, ...],
-            labels: torch.Tensor | None, val_inputs: tuple[torch.Tensor, ...], val_teacher: torch.Tensor,
-            evaluate: Evaluator, task: str, s: QadSettings, progress: Progress,
-            teacher_features: torch.Tensor | None = None, tap: Tap | None = None) -> list[dict]:
-    """Train `student` in place; it ends with the best validation state. Returns the epoch history."""
+            labels: torch.Tensor | None, score: Callable[[nn.Module], tuple[float, float]], task: str,
+            s: QadSettings, progress: Progress, teacher_features: torch.Tensor | None = None,
+            tap: Tap | None = None) -> list[dict]:
+    """Train `student` in place; it ends with the best validation state. `score(student)` is the
+    validation (metric, -output error), higher is better. Returns the epoch history."""
     scales = [p for n, p in student.named_parameters() if n.endswith(".scale")]
     weights = [p for n, p in student.named_parameters() if not n.endswith(".scale")]
     optimizer = torch.optim.Adam([{"params": weights, "lr": s.lr}, {"params": scales, "lr": s.lr}])
@@ -85,12 +84,7 @@ def distill(student: nn.Module, teacher_out: torch.Tensor, inputs: tuple[torch.T
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
     gen = torch.Generator().manual_seed(s.seed)
 
-    def score() -> tuple[float, float]:
-        # The task metric first; the distance to the teacher breaks ties (agreement saturates).
-        out = batched_outputs(student, val_inputs, s.batch)
-        return evaluate(out.numpy(), val_teacher.numpy(), None)["metric"], -output_error(out, val_teacher)
-
-    best_metric, best_state, history, stale = score(), copy.deepcopy(student.state_dict()), [], 0
+    best_metric, best_state, history, stale = score(student), copy.deepcopy(student.state_dict()), [], 0
     history.append({"epoch": 0, "val_metric": best_metric[0], "val_output_error": -best_metric[1]})
     for epoch in range(1, s.epochs + 1):
         order = torch.randperm(inputs[0].shape[0], generator=gen)
@@ -115,7 +109,7 @@ def distill(student: nn.Module, teacher_out: torch.Tensor, inputs: tuple[torch.T
                 for scale in scales:
                     scale.clamp_(min=MIN_SCALE)
             total += float(loss.detach()) * len(idx)
-        metric = score()
+        metric = score(student)
         history.append({"epoch": epoch, "loss": total / len(order), "val_metric": metric[0], "val_output_error": -metric[1]})
         progress.log(f"  QAD epoch {epoch}: loss {total / len(order):.4f}, validation metric {metric[0]:.4f}, "
                      f"output error {-metric[1]:.2e}")

@@ -94,6 +94,7 @@ class QuantizePass(Pass):
         ctx.progress.log(f"  {len(placed.layers)} layers quantized ({scheme.name}), {folded} BatchNorm folded, "
                          f"{len(placed.float_ops)} ops stay float; observer {observer}")
         def validation_score(model) -> tuple[float, float]:
+            # The task metric first; the distance to the teacher breaks ties (agreement saturates).
             out = batched_outputs(model, val, cfg.batch)
             return evaluate(out.numpy(), teacher_val.numpy(), None)["metric"], -output_error(out, teacher_val)
 
@@ -123,7 +124,7 @@ class QuantizePass(Pass):
                 teacher_features = torch.cat(feats)
         settings = QadSettings(cfg.epochs, cfg.lr, cfg.batch, cfg.temperature, cfg.kd_weight, cfg.label_weight,
                                cfg.feature_weight, cfg.patience, cfg.seed)
-        history = distill(student, teacher_train, train, labels, val, teacher_val, evaluate, spec.task, settings,
+        history = distill(student, teacher_train, train, labels, validation_score, spec.task, settings,
                           ctx.progress, teacher_features, tap) if cfg.epochs else []
         qad_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: QAD {qad_metric:.4f}")
