@@ -47,9 +47,10 @@ CEIL_POOLS = [
 S, Z = 0.02, -3  # one quantization for every tensor: the pools' rounding is the only one
 
 
-def _pool_graph(quantized: bool) -> onnx.ModelProto:
+def _pool_graph(quantized: bool, opset: int = 22) -> onnx.ModelProto:
     """input -> Q/DQ -> every pool of CEIL_POOLS (-> Q/DQ when quantized) -> flatten -> Concat.
-    Opset 22: ONNX shape inference drops the windows onnxruntime drops (older opsets keep them)."""
+    From opset 22 ONNX shape inference drops the windows onnxruntime drops; older opsets keep them,
+    so the lowering must take onnxruntime's shapes there."""
     inits = [numpy_helper.from_array(np.array(S, np.float32), "s"), numpy_helper.from_array(np.array(Z, np.int8), "z"),
              numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
     nodes = [helper.make_node("QuantizeLinear", ["input", "s", "z"], ["xq"]),
@@ -73,12 +74,13 @@ def _pool_graph(quantized: bool) -> onnx.ModelProto:
                   helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["logits"])]
     g = helper.make_graph(nodes, "pools", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 9, 11])],
                           [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 22)], ir_version=10)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
 
 
-def test_ceil_mode_pools_match_onnxruntime(tmp_path):
+@pytest.mark.parametrize("opset", [22, 18])
+def test_ceil_mode_pools_match_onnxruntime(tmp_path, opset):
     q = tmp_path / "pools_qdq.onnx"
-    onnx.save(_pool_graph(True), q)
+    onnx.save(_pool_graph(True, opset), q)
     info = ce.generate(q, tmp_path / "engine")
     assert info["ops"]["avgpool"] == 5 and info["ops"]["maxpool"] == 2
     assert "requant" not in info["ops"]  # one scale everywhere: the pools round once
@@ -91,7 +93,7 @@ def test_ceil_mode_pools_match_onnxruntime(tmp_path):
     # where the engine differs, onnxruntime's float average lies on a .5 step boundary (a tie the
     # engine's exact integer arithmetic rounds to even, ORT's float error pushes either way)
     pre = tmp_path / "pools_float.onnx"
-    onnx.save(_pool_graph(False), pre)
+    onnx.save(_pool_graph(False, opset), pre)
     v = ort_session(pre, optimized=False).run(None, {"input": x})[0] / S
     off = y != ref
     assert off.mean() < 0.05

@@ -156,10 +156,35 @@ def prepare_model(model: onnx.ModelProto, dims: dict[str, int] | None = None,
         m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     except Exception as e:  # noqa: BLE001 - report as a user error
         raise CompressError(f"ONNX shape inference failed: {e}") from e
+    _forget_shapes_after_ceil_pools(m)
     why = _fill_shapes_with_onnxruntime(m)
     if why and notes is not None:
         notes.append(why)
     return m
+
+
+CEIL_POOLS = ("MaxPool", "AveragePool", "LpPool")
+
+
+def _forget_shapes_after_ceil_pools(m: onnx.ModelProto) -> None:
+    """Before opset 22, ONNX shape inference keeps a ceil_mode pool's last window where it would
+    start past the input and its top/left pad; onnxruntime (and our kernels) drop it. Forget the
+    inferred shapes from such a pool on, so onnxruntime's take their place."""
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 22)
+    if opset >= 22:
+        return
+    stale = {o for n in m.graph.node if n.op_type in CEIL_POOLS and _attr(n, "ceil_mode", 0) for o in n.output}
+    if not stale:
+        return
+    for n in m.graph.node:  # topological order: a node reading a stale tensor makes its outputs stale
+        if any(i in stale for i in n.input):
+            stale.update(n.output)
+    keep = [vi for vi in m.graph.value_info if vi.name not in stale]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(keep)
+    for vi in m.graph.output:
+        if vi.name in stale:
+            vi.type.tensor_type.ClearField("shape")
 
 
 def _run_at_static_shapes(m: onnx.ModelProto, outputs: list[str]):
