@@ -10,9 +10,8 @@
 
     python bench/cengine_minilm.py [--onnx model.onnx] [--out bench/out/minilm] [--n 64] [--emulated 4]
 
-The TorchScript exporter, which writes fake-quantized graphs, bakes its example's batch and
-length into Reshape targets; the export here traces batch 1 at the recipe's length, the shapes
-the engine runs (see the report of this issue).
+The export pass writes such graphs at batch 1 and the calibration length (128 here), the
+shapes the engine runs.
 """
 
 from __future__ import annotations
@@ -32,19 +31,12 @@ from compressor.backends import cengine as ce  # noqa: E402
 from compressor.backends.cengine.verification import ort_run, ort_session, parity  # noqa: E402
 
 
-def quantized_onnx(model: Path, out: Path, seq: int, epochs: int) -> Path:
-    import compressor.export.onnx_export as onnx_export
+def quantized_onnx(model: Path, out: Path, epochs: int) -> Path:
     from compressor import compress
 
     config = out / "pipeline.toml"
-    config.write_text(f'passes = ["quantize", "export"]\n[quantize]\nepochs = {epochs}\nsensitivity_samples = 16\n'
-                      "collapse_drop = 1.0\n")
-    original = onnx_export.example_inputs
-    onnx_export.example_inputs = lambda spec, batch=1, sequence=16, seed=0: original(spec, 1, seq, seed)
-    try:
-        result = compress(model, target="riscv", calib="minilm", out=out / "run", config=config, force=True)
-    finally:
-        onnx_export.example_inputs = original
+    config.write_text(f'passes = ["quantize", "export"]\n[quantize]\nepochs = {epochs}\nsensitivity_samples = 16\n')
+    result = compress(model, target="riscv", calib="minilm", out=out / "run", config=config, force=True)
     return result.run_dir / "model.onnx"
 
 
@@ -66,7 +58,7 @@ def main() -> int:
     handle = load_model(folder)
     data = load_calibration(load_recipe("minilm"), handle.spec, folder)
     ids, mask = (x[: args.n].numpy() for x in data.holdout)
-    onnx_path = args.onnx or quantized_onnx(folder, args.out, ids.shape[1], args.epochs)
+    onnx_path = args.onnx or quantized_onnx(folder, args.out, args.epochs)
 
     t = time.time()
     info = ce.generate(onnx_path, args.out / "engine", dims={"sequence": int(ids.shape[1])})

@@ -25,13 +25,10 @@ compressor.profile.latency.measure, median and p90, ratios to FP32 and to Optimu
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,19 +36,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
-import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from compressor import compress  # noqa: E402
+from common import (build_fp32, build_row, fmt_size, graph_facts, loadavg, log, log_criteria,  # noqa: E402
+                    markdown_table, new_record, record_failure, run_ours, write_record)
 from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.evaluators import cosine  # noqa: E402
-from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.hf import pool  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
-from quantize_vs_peers import cpu_info, fmt_size, graph_facts, loadavg, log  # noqa: E402
 
 TARGET = "x86-cpu"
 RECIPE = "minilm"
@@ -64,26 +59,11 @@ def minilm_folder() -> Path:
     return model_folder()
 
 
-def build_fp32(teacher, path: Path) -> dict:
-    exporter = export_onnx(teacher.module, teacher.spec, path)
-    return {"how": f"compressor.export.onnx_export.export_onnx ({exporter} exporter)"}
-
-
 def build_ours(folder: Path, epochs: int | None, work: Path, resume: bool) -> tuple[Path, dict]:
-    config = None
-    if epochs is not None:
-        config = work / "ours-pipeline.toml"
-        config.write_text(f"[quantize]\nepochs = {epochs}\n")
-    started = time.time()
-    result = compress(folder, target=TARGET, calib=RECIPE, out=work / "ours", quiet=True, config=config,
-                      resume=resume, force=not resume)
-    passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
+    result, passes, details = run_ours(folder, TARGET, RECIPE, epochs, work, resume)
     q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
     lower = passes.get("lower", {})
-    details = {
-        "how": f"compressor.compress(folder, target='{TARGET}', calib='{RECIPE}')"
-               + (f" with [quantize] epochs = {epochs}" if epochs is not None else ""),
-        "seconds": round(time.time() - started, 1),
+    details.update({
         "observer": q.get("observer"), "observer_trials": q.get("observer_trials"),
         "quantized_layers": q.get("quantized_layers"), "float_ops": len(q.get("float_ops") or []),
         "pytorch_cosine": {"ptq": q.get("ptq_metric"), "qad": q.get("qad_metric")},
@@ -91,9 +71,11 @@ def build_ours(folder: Path, epochs: int | None, work: Path, resume: bool) -> tu
         "export": {k: e.get(k) for k in ("int8_weights", "int8_embeddings", "qdq_pairs", "static_shapes")},
         "lower": {k: lower.get(k) for k in ("integer_matmuls_rewritten", "integer_kernels", "float_compute")},
         "verify": {"engine_metric": v.get("engine_metric"), "parity": v.get("parity"), "passed": v.get("passed")},
-    }
+    })
     log(f"[ours] PyTorch cosine: PTQ {q.get('ptq_metric'):.4f}, QAD {q.get('qad_metric'):.4f}; observer {q.get('observer')}")
-    return result.engine, details
+    path = work / "ours.onnx"
+    shutil.copyfile(result.engine, path)
+    return path, details
 
 
 def build_optimum(folder: Path, path: Path, work: Path) -> dict:
@@ -133,20 +115,13 @@ def embed(session: ort.InferenceSession, ids: np.ndarray, mask: np.ndarray, toke
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| variant | cosine to FP32 (mean / min) | retrieval agreement | ONNX size | FP32/size | int kernels "
-            "| median ms | p90 ms | vs FP32 | vs Optimum |")
-    columns = head.count("|") - 1
-    lines = [head, "|" + "---|" * columns]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error'][:120].replace('|', '/')} |" + " |" * (columns - 2))
-            continue
-        lat = r["latency"]
-        vs_opt = f"{lat['vs_optimum']:.2f}x" if lat.get("vs_optimum") is not None else "-"
-        lines.append(f"| {r['label']} | {r['cosine']:.4f} / {r['cosine_min']:.4f} | {r['retrieval_agreement']:.3f} "
-                     f"| {fmt_size(r['bytes'])} | {r['size_ratio']:.2f}x | {r['graph']['integer_kernels']} "
-                     f"| {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['ratio']:.2f}x | {vs_opt} |")
-    return "\n".join(lines)
+    head = ["variant", "cosine to FP32 (mean / min)", "retrieval agreement", "ONNX size", "FP32/size", "int kernels",
+            "median ms", "p90 ms", "vs FP32", "vs Optimum"]
+    return markdown_table(head, rows, lambda r: [
+        f"{r['cosine']:.4f} / {r['cosine_min']:.4f}", f"{r['retrieval_agreement']:.3f}", fmt_size(r["bytes"]),
+        f"{r['size_ratio']:.2f}x", str(r["graph"]["integer_kernels"]), f"{r['latency']['median_ms']:.2f}",
+        f"{r['latency']['p90_ms']:.2f}", f"{r['latency']['ratio']:.2f}x",
+        f"{r['latency']['vs_optimum']:.2f}x" if r["latency"].get("vs_optimum") is not None else "-"])
 
 
 def main() -> int:
@@ -160,9 +135,7 @@ def main() -> int:
 
     started = time.time()
     folder = minilm_folder()
-    record: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu_info(),
-                    "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-                    "loadavg": {"start": loadavg()}, "target": TARGET, "recipe": RECIPE}
+    record = new_record(target=TARGET, recipe=RECIPE)
     log(f"minilm_int8: {record['date']}, CPU {record['cpu'].get('model', '?')} ({record['cpu']['cores']} cores), "
         f"load average {record['loadavg']['start']}")
     work = Path(tempfile.mkdtemp(prefix="minilm_int8-")) if args.keep is None else args.keep
@@ -180,18 +153,16 @@ def main() -> int:
         rows, sessions = [], {}
         for key, label, token_states, build in variants:
             log(f"[{key}] building ...")
-            row = {"key": key, "label": label}
             t0 = time.time()
+            if key == "ours":
+                resume = args.keep is not None and (work / "ours" / "run.json").is_file()
+                row = build_row(key, label, lambda: build_ours(folder, args.epochs, work, resume))
+            else:
+                row = build_row(key, label, lambda: (work / f"{key}.onnx", build(work / f"{key}.onnx")))
             try:
-                if key == "ours":
-                    resume = args.keep is not None and (work / "ours" / "run.json").is_file()
-                    engine, details = build_ours(folder, args.epochs, work, resume)
-                    path = work / "ours.onnx"
-                    shutil.copyfile(engine, path)
-                else:
-                    path = work / f"{key}.onnx"
-                    details = build(path)
-                row.update(details=details, path=str(path), build_seconds=round(time.time() - t0, 1))
+                if "error" in row:
+                    raise RuntimeError(row["error"])
+                path = Path(row["path"])
                 session = OrtRunner(path, threads=1).session
                 emb = embed(session, ids, mask, token_states)
                 if key == "fp32":
@@ -202,11 +173,10 @@ def main() -> int:
                 log(f"[{key}] cosine {row['cosine']:.4f} (min {row['cosine_min']:.4f}), {fmt_size(row['bytes'])}, "
                     f"{row['graph']['integer_kernels']} integer kernels ({time.time() - t0:.0f} s)")
             except Exception as e:  # noqa: BLE001 - a failed peer must not take the other rows down
-                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                log(f"[{key}] FAILED: {msg}")
-                row.update(error=msg, traceback=traceback.format_exc()[-4000:])
                 if key == "fp32":
                     raise
+                if "error" not in row:
+                    record_failure(row, e)
             rows.append(row)
         fp32 = rows[0]
         for row in rows:
@@ -243,17 +213,13 @@ def main() -> int:
             criteria.append(("latency vs FP32 (reported)", None, f"{ours['latency']['ratio']:.2f}x"))
             if ours["latency"].get("vs_optimum") is not None:
                 criteria.append(("latency vs Optimum dynamic int8 (reported)", None, f"{ours['latency']['vs_optimum']:.2f}x"))
-        for name, ok, detail in criteria:
-            log(f"{'PASS' if ok else 'FAIL' if ok is False else 'INFO'}  {name}: {detail}")
+        criteria_record = log_criteria(criteria)
         log(f"load average: start {record['loadavg']['start']}, before timing {record['loadavg']['before_latency']}, "
             f"after timing {record['loadavg']['after_latency']} ({record['cpu']['cores']} cores)")
         record.update(rows=rows, table_markdown=md, runs=args.runs,
-                      criteria=[{"criterion": n, "passed": ok, "detail": d} for n, ok, d in criteria],
+                      criteria=criteria_record,
                       seconds=round(time.time() - started, 1))
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        tmp.replace(args.out)
+        write_record(record, args.out)
         log(f"wrote {args.out} ({record['seconds']:.0f} s)")
         return 0 if all(ok is not False for _, ok, _ in criteria) else 1
     finally:

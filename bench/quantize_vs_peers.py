@@ -27,15 +27,11 @@ The machine may be shared: the load average is recorded before, during and after
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -47,17 +43,16 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from compressor import compress  # noqa: E402
-from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner  # noqa: E402
+from common import (build_fp32, build_row, fmt_size, graph_facts, loadavg, log, log_criteria,  # noqa: E402
+                    markdown_table, new_record, run_ours, write_record)
+from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
-from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
 
 TEACHER = ROOT / "samples" / "mnist" / "teacher.pt2"
 TARGET = "x86-cpu"
 RECIPE = "mnist"
-FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "NchwcConv")
 NOTES = [
     "NNCF: the torch.export module (an FX GraphModule) is routed to NNCF's FX backend, which needs torchao "
     "(not installed); the eager samples.mnist.model.MnistResNet loaded with the program's state_dict is used instead.",
@@ -76,51 +71,12 @@ CRITERIA_MIN_SIZE_RATIO = 3.5
 CRITERIA_MAX_LATENCY_RATIO = 0.5
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def loadavg() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def cpu_info() -> dict:
-    info = {"processor": platform.processor(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "")
-        flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
-        info.update(model=model, avx2="avx2" in flags, avx512f="avx512f" in flags,
-                    avx512_vnni="avx512_vnni" in flags, avx_vnni="avx_vnni" in flags)
-    except OSError:
-        pass
-    return info
-
-
 # --- the variants ------------------------------------------------------------------------------
 
-def build_fp32(teacher, path: Path) -> dict:
-    exporter = export_onnx(teacher.module, teacher.spec, path)
-    return {"how": f"compressor.export.onnx_export.export_onnx ({exporter} exporter)"}
-
-
 def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
-    config = None
-    if epochs is not None:
-        config = work / "ours-pipeline.toml"
-        config.write_text(f"[quantize]\nepochs = {epochs}\n")
-    started = time.time()
-    result = compress(TEACHER, target=TARGET, calib=RECIPE, out=work / "ours", quiet=True, config=config,
-                      force=True)
-    seconds = time.time() - started
-    passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
+    result, passes, details = run_ours(TEACHER, TARGET, RECIPE, epochs, work)
     q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
-    details = {
-        "how": "compressor.compress(teacher, target='x86-cpu', calib='mnist') (passes quantize, export, lower, verify)"
-               + (f" with [quantize] epochs = {epochs}" if epochs is not None else " (default quantize settings)"),
-        "seconds": round(seconds, 1),
-        "passes": [{"name": p["name"], "status": p.get("status"), "seconds": round(p.get("seconds") or 0, 1)}
-                   for p in result.report["passes"]],
+    details.update({
         "observer": q.get("observer"), "native_kernels": q.get("native_kernels"),
         "quantized_layers": q.get("quantized_layers"), "bn_folded": q.get("bn_folded"),
         "pytorch_top1": {"teacher": q.get("teacher_metric"), "ptq": q.get("ptq_metric"), "qad": q.get("qad_metric")},
@@ -129,7 +85,7 @@ def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
         "verify": {"engine_top1": (v.get("engine_metric") or {}).get("metric"),
                    "top1_agreement_with_fake_quant_module": (v.get("parity") or {}).get("top1_agreement"),
                    "passed": v.get("passed")},
-    }
+    })
     history = details["qad_history"] or []
     if history:
         best = max(history, key=lambda h: (h["val_metric"], -h["val_output_error"]))
@@ -138,7 +94,9 @@ def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
         log(f"[ours] PyTorch top-1: teacher {q.get('teacher_metric')}, PTQ {q.get('ptq_metric')}, QAD {q.get('qad_metric')}; "
             f"QAD ran {len(history) - 1} epoch(s), kept epoch {best['epoch']} (0 = the PTQ state); validation output "
             f"error by epoch: {errors}")
-    return result.engine, details
+    path = work / "ours.onnx"
+    shutil.copyfile(result.engine, path)
+    return path, details
 
 
 def build_ort_static(fp32: Path, path: Path, calib: np.ndarray, reduce_range: bool, work: Path) -> dict:
@@ -224,50 +182,19 @@ def build_nncf(calib: torch.Tensor, check: torch.Tensor, teacher, path: Path, fo
 
 # --- measurements ------------------------------------------------------------------------------
 
-def graph_facts(path: Path, work: Path) -> dict:
-    """What the file stores, and what onnxruntime (all optimizations, 1 thread) turns it into."""
-    model = onnx.load(str(path))
-    inits = {i.name: i for i in model.graph.initializer}
-    int_weights = sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
-                      and inits[n.input[0]].data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8))
-    float_weight_q = sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inits)
-    optimized = work / f"{path.stem}.optimized.onnx"
-    OrtRunner(path, threads=1, optimized_path=optimized)
-    ops = collections.Counter(n.op_type for n in onnx.load(str(optimized)).graph.node)
-    optimized.unlink()
-    return {
-        "stored_int8_weight_tensors": int_weights, "stored_float_weights_behind_quantizelinear": float_weight_q,
-        "integer_kernels": sum(ops.get(op, 0) for op in INTEGER_KERNELS),
-        "float_compute": sum(ops.get(op, 0) for op in FLOAT_COMPUTE),
-        "q_dq_left": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-        "optimized_ops": dict(sorted(ops.items())),
-    }
-
-
 def predict(session: ort.InferenceSession, x: np.ndarray, batch: int = 100) -> np.ndarray:
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[s:s + batch]})[0] for s in range(0, len(x), batch)])
 
 
-def fmt_size(n: int) -> str:
-    return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.2f} MiB"
-
-
 def table(rows: list[dict]) -> str:
-    head = ("| variant | top-1 | vs FP32 (pts) | agree w/ FP32 | ONNX size | FP32/size | weights stored | "
-            "int kernels | float conv/gemm | median ms | p90 ms | latency vs FP32 |")
-    columns = head.count("|") - 1
-    lines = [head, "|" + "---|" * columns]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"| {r['label']} | failed: {r['error'][:120].replace('|', '/')} |" + " |" * (columns - 2))
-            continue
-        lat = r["latency"]
-        lines.append(
-            f"| {r['label']} | {100 * r['top1']:.1f}% ({r['correct']}) | {100 * r['top1_delta']:+.1f} | {100 * r['agreement_fp32']:.1f}% "
-            f"| {fmt_size(r['bytes'])} | {r['size_ratio']:.2f}x | {r['weights_stored']} | {r['graph']['integer_kernels']} "
-            f"| {r['graph']['float_compute']} | {lat['median_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['ratio']:.2f}x |")
-    return "\n".join(lines)
+    head = ["variant", "top-1", "vs FP32 (pts)", "agree w/ FP32", "ONNX size", "FP32/size", "weights stored",
+            "int kernels", "float conv/gemm", "median ms", "p90 ms", "latency vs FP32"]
+    return markdown_table(head, rows, lambda r: [
+        f"{100 * r['top1']:.1f}% ({r['correct']})", f"{100 * r['top1_delta']:+.1f}", f"{100 * r['agreement_fp32']:.1f}%",
+        fmt_size(r["bytes"]), f"{r['size_ratio']:.2f}x", r["weights_stored"], str(r["graph"]["integer_kernels"]),
+        str(r["graph"]["float_compute"]), f"{r['latency']['median_ms']:.2f}", f"{r['latency']['p90_ms']:.2f}",
+        f"{r['latency']['ratio']:.2f}x"])
 
 
 def main() -> int:
@@ -283,10 +210,7 @@ def main() -> int:
         log(f"warning: --runs {args.runs} < 300: medians and p90 will be noisy")
 
     started = time.time()
-    record: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpu": cpu_info(),
-                    "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                 "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-                    "loadavg": {"start": loadavg()}, "target": TARGET, "recipe": RECIPE, "teacher": str(TEACHER.relative_to(ROOT))}
+    record = new_record(target=TARGET, recipe=RECIPE, teacher=str(TEACHER.relative_to(ROOT)))
     log(f"quantize_vs_peers: {record['date']}, CPU {record['cpu'].get('model', '?')} ({record['cpu']['cores']} cores, "
         f"avx512_vnni={record['cpu'].get('avx512_vnni')}, avx_vnni={record['cpu'].get('avx_vnni')}), "
         f"load average {record['loadavg']['start']}")
@@ -318,23 +242,13 @@ def main() -> int:
         rows: list[dict] = []
         for key, label, build in variants:
             log(f"[{key}] building ...")
-            row = {"key": key, "label": label}
             t0 = time.time()
-            try:
-                if key == "ours":
-                    engine, details = build_ours(args.epochs, work)
-                    path = work / "ours.onnx"
-                    shutil.copyfile(engine, path)
-                else:
-                    path = work / f"{key}.onnx"
-                    details = build(path)
-                row.update(details=details, path=str(path), build_seconds=round(time.time() - t0, 1))
-            except Exception as e:  # noqa: BLE001 - a failed peer must not take the other rows down
-                msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                log(f"[{key}] FAILED: {msg}")
-                row.update(error=msg, traceback=traceback.format_exc()[-4000:])
-                if key == "fp32":
-                    raise
+            if key == "ours":
+                row = build_row(key, label, lambda: build_ours(args.epochs, work))
+            else:
+                row = build_row(key, label, lambda: (work / f"{key}.onnx", build(work / f"{key}.onnx")))
+            if key == "fp32" and "error" in row:
+                raise RuntimeError(f"the FP32 export failed: {row['error']}")
             rows.append(row)
             log(f"[{key}] done in {time.time() - t0:.0f} s")
 
@@ -408,21 +322,19 @@ def main() -> int:
                              ours["latency"]["ratio"] <= CRITERIA_MAX_LATENCY_RATIO,
                              f"{ours['latency']['median_ms']:.2f} ms / {fp32['latency']['median_ms']:.2f} ms = "
                              f"{ours['latency']['ratio']:.2f}x (p90 {ours['latency']['p90_ms']:.2f} / {fp32['latency']['p90_ms']:.2f} ms)"))
-        for name, ok, detail in criteria:
-            log(f"{'PASS' if ok else 'FAIL' if ok is False else 'N/A '}  {name}: {detail}")
+        criteria_record = log_criteria(criteria)
         log(f"load average: start {record['loadavg']['start']}, before timing {record['loadavg']['before_latency']}, "
             f"after timing {record['loadavg']['after_latency']} ({record['cpu']['cores']} cores)")
 
         record["notes"] = NOTES
         record.update(rows=rows, table_markdown=md, runs=args.runs, warmup=args.warmup,
-                      criteria=[{"criterion": n, "passed": ok, "detail": d} for n, ok, d in criteria],
+                      criteria=criteria_record,
                       seconds=round(time.time() - started, 1),
                       files_kept=str(work) if args.keep is not None else None)
         for row in rows:
             if args.keep is None:
                 row.pop("path", None)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        write_record(record, args.out)
         log(f"wrote {args.out} ({record['seconds']:.0f} s in all)")
         return 0
     finally:

@@ -102,7 +102,10 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         if engine is not None:
             report["engine"] = {"path": str(engine), "sha256": sha256_file(engine), "bytes": engine.stat().st_size,
                                 "precision": final.meta.get("precision", "fp32")}
-            report["sizes"]["engine_bytes"] = engine.stat().st_size
+            device = final.meta.get("device_bytes")  # an engine whose file is not what the device holds
+            report["sizes"]["engine_bytes"] = device["bytes"] if device else engine.stat().st_size
+            if device:
+                report["sizes"]["engine_bytes_are"] = device["what"]
         write_reports(run_dir, report)
     return Result(run_dir, engine, report, True)
 

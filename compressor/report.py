@@ -39,13 +39,21 @@ def _verify_metrics(report: dict[str, Any]) -> dict[str, Any]:
     return _pass_metrics(report, "verify")
 
 
+def _engine_agreement(parity: dict[str, Any], task: str) -> str:
+    """Top-1 agreement for a classifier; cosine otherwise (an embedding's argmax means nothing)."""
+    if task == "classification":
+        return f"top-1 {parity['top1_agreement'] * 100:.1f}%"
+    return f"cosine {parity['cosine_mean']:.5f} (min {parity['cosine_min']:.4f})"
+
+
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
             ("target", f"{report['target']['name']} ({report['target']['backend']})")]
     sizes = report.get("sizes", {})
     if sizes.get("engine_bytes"):
+        what = f", {sizes['engine_bytes_are']}" if sizes.get("engine_bytes_are") else ""
         rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
-                             f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller)"))
+                             f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller{what})"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
         rows.append((f"quantization ({q['scheme']}, {q['observer']})",
@@ -57,7 +65,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
     if "bit_exact" in low:
         rows.append(("C engine", f"bit-exact across {', '.join(low['builds'])}: {low['bit_exact']}; "
-                                 f"top-1 vs onnxruntime {low['parity_ref']['top1_agreement'] * 100:.1f}%; "
+                                 f"{_engine_agreement(low['parity_ref'], report['model']['task'])} vs onnxruntime; "
                                  f"arena {low['sizes']['arena_bytes']} B, weights {low['sizes']['weight_bytes']} B"))
         if "instructions" in low:
             i = low["instructions"]

@@ -28,3 +28,10 @@ def test_riscv_pipeline_builds_a_bit_exact_engine(trained_res, tmp_path):
     for name in ("model.c", "model.h", "Makefile", "runner.c", "cengine/cengine.h"):
         assert (out / "cengine" / name).is_file(), name
     assert result.engine == out / "cengine" / "model.c"
+    # the size the report claims is what the board holds (weights + rv64gcv code), not model.c,
+    # which spells the weights out as C literals
+    sizes = result.report["sizes"]
+    assert sizes["engine_bytes"] == low["sizes"]["weight_bytes"] + low["sizes"]["code_bytes"]["rv64gcv"]
+    assert sizes["engine_bytes"] < min(sizes["model_bytes"], result.engine.stat().st_size)
+    summary = (out / "report.md").read_text()
+    assert "weights + rv64gcv code" in summary and "top-1 100.0% vs onnxruntime" in summary

@@ -53,7 +53,13 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
         error.metrics = metrics
         raise error
     path = engine_dir / "model.c"
+    # model.c spells the weights out as C literals (about 4x their bytes): what the device holds is
+    # the weights plus the compiled code for its ISA
+    arch = str(ctx.target.data.get("device", {}).get("arch", "rv64gcv"))
+    code = report["sizes"]["code_bytes"].get(arch)
     meta = {**artifact.meta, "engine_built": True, "publish": {ENGINE_DIR: "."}}
+    if code is not None:
+        meta["device_bytes"] = {"bytes": report["sizes"]["weight_bytes"] + code, "what": f"weights + {arch} code"}
     return PassResult(Artifact(ENGINE, artifact.spec, sha256_file(path), path=path, meta=meta), metrics)
 
 
