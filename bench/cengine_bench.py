@@ -30,17 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _load_models():
-    """samples/apps/c/models.py: the demo model builders."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cengine_demo_models", ROOT / "samples/apps/c/models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-models = _load_models()
+import samples.apps.c.models as models  # noqa: E402 - the demo model builders (ROOT is on sys.path)
 
 from compressor.backends import cengine as ce  # noqa: E402
 

@@ -8,6 +8,17 @@ import torch
 import torch.nn as nn
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def sample_module(relpath: str, name: str):
+    """A module of the repository's samples (not installed with the package), loaded by path under
+    `name`: samples/minilm/locate.py, samples/apps/c/models.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SAMPLE_TEACHER = REPO / "samples" / "mnist" / "teacher.pt2"
 
 TINYNET_FILE = Path(__file__).resolve().parent / "tinynet.py"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import sample_module
 from onnx import TensorProto, helper
 
 from compressor.backends import cengine as ce
@@ -25,17 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "samples" / "apps" / "c"
 
 
-def _load_models():
-    """samples/apps/c/models.py (the demo model builders), under a name no other test uses."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cengine_demo_models", APP / "models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-models = _load_models()
+models = sample_module("samples/apps/c/models.py", "cengine_demo_models")  # the demo model builders
 
 
 def require_riscv():

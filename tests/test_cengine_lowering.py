@@ -4,7 +4,6 @@ op never share a byte) on real and random graphs, with its arena / peak ratio.""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import sample_module
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.backends import cengine as ce
@@ -20,17 +20,7 @@ from compressor.backends.cengine.ir import Buf, Graph, Op
 from compressor.backends.cengine.lower import Lowering
 from compressor.backends.cengine.verification import ort_session, parity
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _models():
-    spec = importlib.util.spec_from_file_location("cengine_demo_models_lowering", ROOT / "samples/apps/c/models.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-models = _models()
+models = sample_module("samples/apps/c/models.py", "cengine_demo_models")
 
 
 # ---- pooling with ceil_mode ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import sample_module
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.backends import cengine as ce
@@ -281,13 +282,8 @@ def test_minilm_engine_end_to_end(tmp_path):
     and to the float encoder."""
     if not has_riscv():
         pytest.skip("RISC-V toolchain missing")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("minilm_locate", REPO / "samples" / "minilm" / "locate.py")
-    locate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(locate)
     try:
-        folder = locate.model_folder()
+        folder = sample_module("samples/minilm/locate.py", "minilm_locate").model_folder()
     except FileNotFoundError as e:
         pytest.skip(str(e))
     from compressor import compress

@@ -6,7 +6,6 @@ tiny randomly initialised models written here, so they need transformers only.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import sample_module
 import torch
 
 pytest.importorskip("transformers", reason="Hugging Face tests need transformers: pip install -e '.[hf]'")
@@ -35,11 +35,8 @@ TEXT_SPEC = InputSpec((TensorSpec("input_ids", ("batch", "sequence"), "int64"),
 
 @pytest.fixture(scope="module")
 def minilm() -> Path:
-    spec = importlib.util.spec_from_file_location("minilm_locate", REPO / "samples" / "minilm" / "locate.py")
-    locate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(locate)
     try:
-        return locate.model_folder()
+        return sample_module("samples/minilm/locate.py", "minilm_locate").model_folder()
     except FileNotFoundError as e:
         pytest.skip(f"{e} (the MiniLM sample model)")
 
