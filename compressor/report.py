@@ -83,6 +83,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         line = f"max |diff| {par['max_abs_diff']:.3g}, cosine {par['cosine_mean']:.6f}"
         if "top1_agreement" in par:
             line += f", top-1 agreement {par['top1_agreement'] * 100:.2f}%"
+        elif v["precision"] != "fp32" and "teacher_cosine_engine" in par:
+            line += (f"; cosine to the teacher: engine {par['teacher_cosine_engine']:.4f}, "
+                     f"module {par['teacher_cosine_module']:.4f}")
         rows.append((f"parity ({v['precision']}, {v.get('runtime', 'onnxruntime')})", line))
         rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
                      f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "

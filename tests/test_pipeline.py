@@ -117,6 +117,27 @@ def test_perturbed_engine_fails_verification_with_numbers_in_the_report(models, 
     assert not (out / "model.onnx").exists()  # a failed engine is never published as the result
 
 
+# (engine-module cosine, engine-teacher, module-teacher, passes): MiniLM-L6 measurements (see
+# compressor/export/verify.py), then exports broken on purpose
+ENCODER_PARITY_CASES = [
+    (0.9999, 0.9900, 0.9900, True),     # agreement at the bar
+    (0.9982, 0.9938, 0.9939, True),     # x86-cpu engine: rounding flips, as close to the teacher
+    (0.9952, 0.9917, 0.9918, True),     # riscv engine: the same
+    (0.9944, 0.9926, 0.9939, False),    # one activation scale doubled in the file
+    (0.9872, 0.9854, 0.9939, False),    # ... halved
+    (0.9850, 0.9939, 0.9939, False),    # far from the module, whatever the teacher says
+]
+
+
+@pytest.mark.parametrize("cosine,engine_teacher,module_teacher,passes", ENCODER_PARITY_CASES)
+def test_quantized_encoder_parity_accepts_rounding_flips_only(cosine, engine_teacher, module_teacher, passes):
+    from compressor.export.verify import parity_failures
+
+    p = {"cosine_mean": cosine, "teacher_cosine_engine": engine_teacher, "teacher_cosine_module": module_teacher}
+    failures = parity_failures(p, "int8", 1e-3, "embedding")
+    assert (not failures) == passes, failures
+
+
 def test_kill_during_a_pass_loses_only_that_pass(models, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "slow_verify.toml"

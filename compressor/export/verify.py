@@ -25,14 +25,19 @@ from ..profile.latency import measure
 
 # Quantized engines differ from their fake-quant module by rounding at a few boundaries.
 QUANTIZED_MIN_TOP1_AGREEMENT = 0.995
-# In a deep int8 encoder one such flip (a float op differing in its last bit lands a value on the
-# other side of a rounding boundary) moves later activations across boundaries too. Measured on
-# MiniLM-L6, x86-cpu: weights-only QDQ export vs module cosine 0.9999999986; with the 24 activation
-# quantizers 0.998 (the first difference: one element of layer 3's GELU output, one step), while
-# both score the same cosine to the teacher (0.9937). Doubling one of the 24 activation scales in
-# the exported file gives 0.9945, so 0.995 still fails a wrong export (a 10% error, 0.9959, passes:
-# the metric check against the teacher is what bounds the damage then).
-QUANTIZED_MIN_COSINE = 0.995
+# The engine of a quantized encoder must agree with its module at this mean cosine ...
+QUANTIZED_MIN_COSINE = 0.999
+# ... or, where it does not, be as close to the teacher as the module is. In a deep int8 encoder
+# one rounding flip (a float op differing in its last bit lands a value on the other side of a
+# rounding boundary) moves later activations across boundaries too, and the two become equally
+# good, partly independent quantizations of the teacher. Measured on MiniLM-L6: x86-cpu engine vs
+# module 0.9982, both 0.9938-0.9939 to the teacher (64 held-out sentences); riscv 0.9952, 0.9917
+# vs 0.9918 (320). The x86 file with one of its 24 activation scales doubled: 0.9944 to the module,
+# 0.0013 further from the teacher; halved: 0.987 and 0.0085 (cases in tests/test_pipeline.py).
+# So: at least ROUNDING_MIN_COSINE to the module, and at most ROUNDING_MAX_EXTRA_DROP of cosine to
+# the teacher beyond the module's.
+ROUNDING_MIN_COSINE = 0.99
+ROUNDING_MAX_EXTRA_DROP = 0.001
 # An FP32 engine of an encoder must give the same embeddings as PyTorch (mean cosine).
 FP32_MIN_EMBEDDING_COSINE = 0.9999
 
@@ -88,8 +93,19 @@ def parity_failures(p: dict[str, float], precision: str, atol: float, task: str)
     if task == "classification" and p["top1_agreement"] < QUANTIZED_MIN_TOP1_AGREEMENT:
         failures.append(f"top-1 agreement {p['top1_agreement']:.4f} < {QUANTIZED_MIN_TOP1_AGREEMENT}")
     if task != "classification" and p["cosine_mean"] < QUANTIZED_MIN_COSINE:
-        failures.append(f"mean cosine {p['cosine_mean']:.5f} < {QUANTIZED_MIN_COSINE}")
+        extra = p["teacher_cosine_module"] - p["teacher_cosine_engine"]
+        if p["cosine_mean"] < ROUNDING_MIN_COSINE or extra > ROUNDING_MAX_EXTRA_DROP:
+            failures.append(f"mean cosine {p['cosine_mean']:.5f} < {QUANTIZED_MIN_COSINE}, and the engine is not a "
+                            f"rounding-level variant of the module (cosine to it >= {ROUNDING_MIN_COSINE} and at most "
+                            f"{ROUNDING_MAX_EXTRA_DROP} further from the teacher: {extra:+.5f})")
     return failures
+
+
+def with_teacher_cosines(p: dict[str, float], engine: np.ndarray, source: np.ndarray, teacher: np.ndarray) -> dict:
+    """How close engine and module each are to the teacher (mean cosine): a rounding-level
+    difference between them leaves both equally close."""
+    return {**p, "teacher_cosine_engine": parity(engine, teacher, "")["cosine_mean"],
+            "teacher_cosine_module": parity(source, teacher, "")["cosine_mean"]}
 
 
 def engine_runner(artifact: Artifact, ctx: RunContext):
@@ -133,7 +149,7 @@ class VerifyPass(Pass):
             "runtime": runtime,
             "precision": precision,
             "holdout_samples": data.num_holdout,
-            "parity": parity(engine_out, source_out, spec.task),
+            "parity": with_teacher_cosines(parity(engine_out, source_out, spec.task), engine_out, source_out, teacher_out),
             "metric_name": metric_name,
             "teacher_metric": evaluate(teacher_out, teacher_out, labels),
             "engine_metric": evaluate(engine_out, teacher_out, labels),
