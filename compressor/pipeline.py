@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shutil
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,11 @@ def make_config(cls: type[Pass], values: dict[str, Any], where: str) -> Any:
         if key not in known:
             allowed = ", ".join(known) or "none"
             raise CompressError(f"{where}: pass '{cls.name}' has no option '{key}' (options: {allowed})")
-        expected = typing.get_origin(known[key]) or known[key]
+        hint = known[key]
+        optional = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(optional) == 1:
+            hint = optional[0]  # `float | None`: None is the default, a TOML value is the float
+        expected = typing.get_origin(hint) or hint
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):

@@ -35,8 +35,9 @@ class QuantizeConfig:
     val_fraction: float = 0.1
     keep_float: int = 0  # keep the N most sensitive layers in the target's higher precision
     # keep more of the most sensitive layers (beyond keep_float) until the quantized model's metric
-    # on the validation slice is within this of the teacher's; 0 = off
-    accuracy_budget: float = 0.0
+    # on the validation slice is within this of the teacher's; None = the target profile's
+    # quantization.accuracy_budget (0 where its engine runs no float Conv/Linear), 0 = off
+    accuracy_budget: float | None = None
     sensitivity_samples: int = 128
     collapse_drop: float = 0.05  # fail, without an engine, when the metric drops more than this
     seed: int = 0
@@ -48,7 +49,7 @@ class QuantizeConfig:
             raise ValueError("epochs must be >= 0, batch >= 1, lr and temperature > 0")
         if not 0 < self.val_fraction < 1 or self.keep_float < 0 or self.sensitivity_samples < 1:
             raise ValueError("val_fraction must be in (0, 1), keep_float >= 0, sensitivity_samples >= 1")
-        if not 0 <= self.accuracy_budget < 1:
+        if self.accuracy_budget is not None and not 0 <= self.accuracy_budget < 1:
             raise ValueError("accuracy_budget must be in [0, 1): a metric drop such as 0.005 (half a point)")
 
 
@@ -104,7 +105,9 @@ class QuantizePass(Pass):
         sens_inputs = tuple(x[: cfg.sensitivity_samples] for x in train)
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress)
-        kept = _keep_float(student, placed.layers, table, cfg, validation_score,
+        budget = (float(ctx.target.data.get("quantization", {}).get("accuracy_budget", 0.0))
+                  if cfg.accuracy_budget is None else cfg.accuracy_budget)
+        kept = _keep_float(student, placed.layers, table, cfg, budget, validation_score,
                            evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"], ctx)
         teacher_metric = evaluate(teacher_hold.numpy(), teacher_hold.numpy(), hold_labels)["metric"]
         ptq_metric = held_out_metric(student)
@@ -132,7 +135,7 @@ class QuantizePass(Pass):
         metrics = {
             "scheme": scheme.name, "observer": observer, "native_kernels": native.backend(),
             "bn_folded": folded, "quantized_layers": len(placed.layers), "float_ops": placed.float_ops,
-            "kept_float": kept, "accuracy_budget": cfg.accuracy_budget, "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,
+            "kept_float": kept, "accuracy_budget": budget, "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,
             "teacher_metric": teacher_metric, "ptq_metric": ptq_metric, "qad_metric": qad_metric,
             "qad_history": history, "sensitivity": table, "calibration_samples": train[0].shape[0],
             "validation_samples": n_val, "activation_ranges": ranges,
@@ -151,7 +154,7 @@ class QuantizePass(Pass):
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=meta), metrics)
 
 
-def _keep_float(student, layers, table: list[dict], cfg: QuantizeConfig, score, teacher_val_metric: float,
+def _keep_float(student, layers, table: list[dict], cfg: QuantizeConfig, budget: float, score, teacher_val_metric: float,
                 ctx: RunContext) -> list[str]:
     """The `keep_float` most sensitive layers, then, under an accuracy budget, as many more (most
     sensitive first) as it takes for the validation metric to be within the budget."""
@@ -160,11 +163,11 @@ def _keep_float(student, layers, table: list[dict], cfg: QuantizeConfig, score, 
     while True:
         kept = [row["layer"] for row in table[:count]]
         set_layers(student, layers, everything - set(kept))
-        if not cfg.accuracy_budget or count == len(table):
+        if not budget or count == len(table):
             return kept
         drop = teacher_val_metric - score(student)[0]
-        if drop <= cfg.accuracy_budget:
-            ctx.progress.log(f"  accuracy budget {cfg.accuracy_budget}: validation drop {drop:.4f} "
+        if drop <= budget:
+            ctx.progress.log(f"  accuracy budget {budget}: validation drop {drop:.4f} "
                              f"with {count} layer(s) kept in higher precision")
             return kept
         count += 1
