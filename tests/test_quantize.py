@@ -240,7 +240,7 @@ def test_collapsed_quantization_fails_with_the_sensitivity_table(trained_res, tm
     profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2"})
     out = tmp_path / "run"
     with pytest.raises(VerificationError, match="collapsed"):
-        compress(trained_res, target=str(profile), calib="mnist", out=out, config=_config(tmp_path, "epochs = 0"))
+        compress(trained_res, target=str(profile), calib="mnist", out=out, config=_config(tmp_path, "epochs = 0\naccuracy_budget = 0.0"))
     report = json.loads((out / "report.json").read_text())
     quant = report["passes"][0]
     assert quant["status"] == "failed" and len(quant["metrics"]["sensitivity"]) >= 5
