@@ -16,39 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
+
+from ..onnx_graph import OnnxGraph
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-class _Graph:
-    def __init__(self, model: onnx.ModelProto):
-        self.graph = model.graph
-        self.inits = {i.name: i for i in model.graph.initializer}
-        self.producer = {o: n for n in model.graph.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in model.graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def const(self, name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(self.inits[name]) if name in self.inits else None
-
-    def add(self, array: np.ndarray, name: str) -> str:
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
-        self.inits[name] = self.graph.initializer[-1]
-        return name
-
-
-def _dq_params(g: _Graph, dq: onnx.NodeProto):
+def _dq_params(g: OnnxGraph, dq: onnx.NodeProto):
     scale = g.const(dq.input[1])
     zero = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
     return scale, zero
 
 
-def _candidate(g: _Graph, node: onnx.NodeProto):
+def _candidate(g: OnnxGraph, node: onnx.NodeProto):
     """(activation DQ, weight DQ, K x N int8 weight, per-column weight scale, bias) or None."""
     if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0
                                    or _attr(node, "beta", 1.0) != 1.0):
@@ -86,7 +69,7 @@ def _candidate(g: _Graph, node: onnx.NodeProto):
 
 def rewrite(model: onnx.ModelProto) -> int:
     """Rewrite every eligible MatMul/Gemm in place; returns how many."""
-    g = _Graph(model)
+    g = OnnxGraph(model)
     done = 0
     for node in [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]:
         found = _candidate(g, node)
@@ -95,15 +78,15 @@ def rewrite(model: onnx.ModelProto) -> int:
         a_dq, w_dq, weight, w_scale, bias = found
         a_scale, a_zero = _dq_params(g, a_dq)
         base = node.name or node.output[0]
-        w_name = g.add(weight, f"{base}_int8_weight")
-        a_zero_name = a_dq.input[2] if len(a_dq.input) > 2 and a_dq.input[2] else g.add(np.zeros((), np.uint8), f"{base}_x_zero")
+        w_name = g.add_init(weight, f"{base}_int8_weight")
+        a_zero_name = a_dq.input[2] if len(a_dq.input) > 2 and a_dq.input[2] else g.add_init(np.zeros((), np.uint8), f"{base}_x_zero")
         scale = (float(a_scale.reshape(())) * w_scale).astype(np.float32)
         new = [helper.make_node("MatMulInteger", [a_dq.input[0], w_name, a_zero_name], [f"{base}_int32"], name=f"{base}_integer"),
                helper.make_node("Cast", [f"{base}_int32"], [f"{base}_float"], name=f"{base}_cast", to=onnx.TensorProto.FLOAT)]
         product = node.output[0] if bias is None else f"{base}_scaled"
-        new.append(helper.make_node("Mul", [f"{base}_float", g.add(scale, f"{base}_scale")], [product], name=f"{base}_rescale"))
+        new.append(helper.make_node("Mul", [f"{base}_float", g.add_init(scale, f"{base}_scale")], [product], name=f"{base}_rescale"))
         if bias is not None:
-            new.append(helper.make_node("Add", [product, g.add(bias, f"{base}_bias")], [node.output[0]], name=f"{base}_bias_add"))
+            new.append(helper.make_node("Add", [product, g.add_init(bias, f"{base}_bias")], [node.output[0]], name=f"{base}_bias_add"))
         at = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         for offset, n in enumerate(new):

@@ -17,29 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-
-class _Graph:
-    def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.graph = model.graph
-        self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
-
-    def const(self, name: str) -> np.ndarray | None:
-        if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
-        node = self.producer.get(name)
-        if node is not None and node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t)
-        return None
-
-    def add_init(self, array: np.ndarray, name: str) -> str:
-        self.graph.initializer.append(numpy_helper.from_array(array, name))
-        return name
+from ..onnx_graph import OnnxGraph
 
 
 def _axis(node: onnx.NodeProto) -> int:
@@ -54,7 +32,7 @@ def _broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return v.reshape(shape)
 
 
-def fold_weight_quantizers(g: _Graph, weight_range: tuple[int, int]) -> int:
+def fold_weight_quantizers(g: OnnxGraph, weight_range: tuple[int, int]) -> int:
     """`weight_range`: the scheme's integer range (7-bit weights on x86), which ONNX's
     QuantizeLinear cannot express; training clamped to it, so the stored weights must too."""
     folded = 0
@@ -78,7 +56,7 @@ def fold_weight_quantizers(g: _Graph, weight_range: tuple[int, int]) -> int:
     return folded
 
 
-def quantize_biases(g: _Graph) -> int:
+def quantize_biases(g: OnnxGraph) -> int:
     done = 0
     for node in [n for n in g.graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 2]:
         bias = g.const(node.input[2])
@@ -102,7 +80,7 @@ def quantize_biases(g: _Graph) -> int:
     return done
 
 
-def transpose_stored_weights(g: _Graph) -> int:
+def transpose_stored_weights(g: OnnxGraph) -> int:
     """The TorchScript exporter writes a Linear on a 3-D input as DequantizeLinear(W) -> Transpose
     -> MatMul: the weight is transposed on every inference, and onnxruntime only fuses a
     DequantizeLinear that feeds the MatMul itself (MatMulIntegerToFloat). Store W transposed
@@ -130,7 +108,7 @@ def transpose_stored_weights(g: _Graph) -> int:
     return done
 
 
-def gather_rows_then_dequantize(g: _Graph) -> int:
+def gather_rows_then_dequantize(g: OnnxGraph) -> int:
     """DequantizeLinear(int8 table, per row or per tensor, zero point 0) -> Gather(axis 0) becomes
     Gather(int8 table) -> Cast -> Mul(gathered row scales): the same values, exactly."""
     done = 0
@@ -164,7 +142,7 @@ def gather_rows_then_dequantize(g: _Graph) -> int:
     return done
 
 
-def constants_to_initializers(g: _Graph) -> int:
+def constants_to_initializers(g: OnnxGraph) -> int:
     """The TorchScript exporter writes Q/DQ scales and zero points as Constant nodes; engines and
     graph tools expect initializers (the form onnxruntime's own quantizer writes)."""
     moved = 0
@@ -178,7 +156,7 @@ def constants_to_initializers(g: _Graph) -> int:
     return moved
 
 
-def _drop_unused(g: _Graph) -> None:
+def _drop_unused(g: OnnxGraph) -> None:
     used = {i for n in g.graph.node for i in n.input} | {o.name for o in g.graph.output}
     for init in list(g.graph.initializer):
         if init.name not in used:
@@ -188,13 +166,13 @@ def _drop_unused(g: _Graph) -> None:
 def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128, 127)) -> dict[str, int]:
     """Rewrite `path` in place (atomically) with int8 weight initializers and, if asked, int32 biases."""
     model = onnx.load(str(path))
-    constants_to_initializers(_Graph(model))
-    g = _Graph(model)
+    constants_to_initializers(OnnxGraph(model))
+    g = OnnxGraph(model)
     stats = {"int8_weights": fold_weight_quantizers(g, weight_range)}
-    g = _Graph(model)  # producers changed
+    g = OnnxGraph(model)  # producers changed
     stats["int32_biases"] = quantize_biases(g) if bias_int32 else 0
-    stats["int8_embeddings"] = gather_rows_then_dequantize(_Graph(model))
-    stats["weights_stored_transposed"] = transpose_stored_weights(_Graph(model))
+    stats["int8_embeddings"] = gather_rows_then_dequantize(OnnxGraph(model))
+    stats["weights_stored_transposed"] = transpose_stored_weights(OnnxGraph(model))
     _drop_unused(g)
     onnx.checker.check_model(model)
     tmp = path.with_name(f".{path.name}.tmp")
