@@ -372,13 +372,8 @@ def matmul(L: Lowering, node):
     if sink is None:
         return _matmul_f32(L, node, L.f_operand(node.input[0]), L.f_operand(node.input[1]), out_shape)
     a, b = va.buf, bv.buf
-    if len(a.shape) < 2 or len(b.shape) < 2:
-        raise Unsupported("MatMul of vectors")
-    T, K = a.shape[-2:]
-    K2, M = b.shape[-2:]
-    batch = int(np.prod(a.shape[:-2], dtype=np.int64))
-    bbatch = int(np.prod(b.shape[:-2], dtype=np.int64))
-    if K != K2 or bbatch not in (1, batch):
+    T, K, M, batch, bbatch = _matmul_dims(a, b)
+    if bbatch not in (1, batch):
         raise Unsupported("MatMul broadcast pattern")
     mult, shift = quantize_multiplier(a.scale * b.scale / sink.scale)
     y = L.new_buf(sink.names[0], out_shape, "i8", sink.scale, sink.zp)
@@ -391,18 +386,23 @@ def matmul(L: Lowering, node):
     L.use_sink(sink, y)
 
 
-def _matmul_f32(L: Lowering, node, a: Buf, b: Buf, out_shape):
-    """Float MatMul (attention scores and context): batched over the leading dims, one operand's
-    batch may be 1 (broadcast)."""
+def _matmul_dims(a: Buf, b: Buf) -> tuple[int, int, int, int, int]:
+    """T, K, M and the two operands' batch counts (products of their leading dims) of a @ b."""
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise Unsupported("MatMul of vectors")
     T, K = a.shape[-2:]
     K2, M = b.shape[-2:]
-    abatch = int(np.prod(a.shape[:-2], dtype=np.int64))
-    bbatch = int(np.prod(b.shape[:-2], dtype=np.int64))
+    if K != K2:
+        raise Unsupported("MatMul broadcast pattern")
+    return (T, K, M, int(np.prod(a.shape[:-2], dtype=np.int64)), int(np.prod(b.shape[:-2], dtype=np.int64)))
+
+
+def _matmul_f32(L: Lowering, node, a: Buf, b: Buf, out_shape):
+    """Float MatMul (attention scores and context): batched over the leading dims, one operand's
+    batch may be 1 (broadcast)."""
+    T, K, M, abatch, bbatch = _matmul_dims(a, b)
     batch = max(abatch, bbatch)
-    if K != K2 or abatch not in (1, batch) or bbatch not in (1, batch) or \
-            int(np.prod(out_shape, dtype=np.int64)) != batch * T * M:
+    if abatch not in (1, batch) or bbatch not in (1, batch) or int(np.prod(out_shape, dtype=np.int64)) != batch * T * M:
         raise Unsupported("MatMul broadcast pattern")
     y = L.new_buf(node.output[0], out_shape, "f32")
     astep, bstep = (T * K if abatch > 1 else 0), (K * M if bbatch > 1 else 0)
