@@ -18,6 +18,7 @@ import torch
 from compressor import compress
 from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner
 from compressor.export.onnx_export import export_onnx
+from compressor.profile.latency import measure
 
 FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "NchwcConv")
 
@@ -99,6 +100,21 @@ def record_failure(row: dict, e: Exception) -> None:
     msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     log(f"[{row['key']}] FAILED: {msg}")
     row.update(error=msg, traceback=traceback.format_exc()[-4000:])
+
+
+def time_rows(calls: dict[str, Callable], rows: list[dict], record: dict, runs: int, warmup: int,
+              setting: str = "1 thread, batch 1") -> dict[str, dict]:
+    """Time every variant's call interleaved (A B C ... A B C ...), recording the load average
+    around it; each timed row gets its latency and its ratio to the "fp32" row."""
+    record["loadavg"]["before_latency"] = loadavg()
+    log(f"latency: {len(calls)} sessions, {setting}, interleaved, {runs} runs each "
+        f"(load average {record['loadavg']['before_latency']}) ...")
+    lat = measure(calls, runs=runs, warmup=warmup)
+    record["loadavg"]["after_latency"] = loadavg()
+    for row in rows:
+        if row["key"] in lat:
+            row["latency"] = dict(lat[row["key"]], ratio=lat[row["key"]]["median_ms"] / lat["fp32"]["median_ms"])
+    return lat
 
 
 def graph_facts(path: Path, work: Path) -> dict:

@@ -39,14 +39,13 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from common import (build_fp32, build_row, fmt_size, graph_facts, loadavg, log, log_criteria,  # noqa: E402
-                    markdown_table, new_record, record_failure, run_ours, write_record)
+from common import (build_fp32, build_row, fmt_size, graph_facts, log, log_criteria,  # noqa: E402
+                    markdown_table, new_record, record_failure, run_ours, time_rows, write_record)
 from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.evaluators import cosine  # noqa: E402
 from compressor.hf import pool  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
-from compressor.profile.latency import measure  # noqa: E402
 
 TARGET = "x86-cpu"
 RECIPE = "minilm"
@@ -190,16 +189,11 @@ def main() -> int:
             return lambda: session.run(None, feeds)
 
         calls = {k: call(*v) for k, v in sessions.items()}
-        record["loadavg"]["before_latency"] = loadavg()
-        log(f"latency: {len(calls)} sessions, 1 thread, batch 1, sequence {ids.shape[1]}, interleaved, "
-            f"{args.runs} runs each (load average {record['loadavg']['before_latency']}) ...")
-        lat = measure(calls, runs=args.runs, warmup=args.warmup)
-        record["loadavg"]["after_latency"] = loadavg()
+        lat = time_rows(calls, rows, record, args.runs, args.warmup, f"1 thread, batch 1, sequence {ids.shape[1]}")
         for row in rows:
             if row["key"] in lat:
-                ms = lat[row["key"]]["median_ms"]
-                row["latency"] = dict(lat[row["key"]], ratio=ms / lat["fp32"]["median_ms"],
-                                      vs_optimum=ms / lat["optimum"]["median_ms"] if "optimum" in lat else None)
+                row["latency"]["vs_optimum"] = (lat[row["key"]]["median_ms"] / lat["optimum"]["median_ms"]
+                                                if "optimum" in lat else None)
         md = table(rows)
         log("\n" + md + "\n")
 

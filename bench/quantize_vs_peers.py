@@ -43,12 +43,11 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from common import (build_fp32, build_row, fmt_size, graph_facts, loadavg, log, log_criteria,  # noqa: E402
-                    markdown_table, new_record, run_ours, write_record)
+from common import (build_fp32, build_row, fmt_size, graph_facts, log, log_criteria,  # noqa: E402
+                    markdown_table, new_record, run_ours, time_rows, write_record)
 from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
-from compressor.profile.latency import measure  # noqa: E402
 
 TEACHER = ROOT / "samples" / "mnist" / "teacher.pt2"
 TARGET = "x86-cpu"
@@ -284,14 +283,7 @@ def main() -> int:
 
         x1 = hold[:1]
         calls = {k: (lambda s=s, n=s.get_inputs()[0].name: s.run(None, {n: x1})) for k, s in sessions.items()}
-        record["loadavg"]["before_latency"] = loadavg()
-        log(f"latency: {len(calls)} sessions, 1 thread, batch 1, interleaved, {args.runs} runs each "
-            f"(load average {record['loadavg']['before_latency']}) ...")
-        lat = measure(calls, runs=args.runs, warmup=args.warmup)
-        record["loadavg"]["after_latency"] = loadavg()
-        for row in rows:
-            if row["key"] in lat:
-                row["latency"] = dict(lat[row["key"]], ratio=lat[row["key"]]["median_ms"] / lat["fp32"]["median_ms"])
+        time_rows(calls, rows, record, args.runs, args.warmup)
 
         md = table(rows)
         log("\n" + md + "\n")
