@@ -283,3 +283,11 @@ def test_accuracy_budget_keeps_sensitive_layers_until_the_drop_fits(trained_res,
     assert 1 <= len(quant["kept_float"]) < len(order)
     assert quant["kept_float"] == order[: len(quant["kept_float"])]  # most sensitive first
     assert quant["teacher_metric"] - quant["qad_metric"] <= 0.05
+
+
+def test_target_accuracy_budget_is_the_pass_default_and_checked(tmp_path):
+    assert QuantScheme.from_target(load_target("jetson")).accuracy_budget == 0.01
+    assert QuantScheme.from_target(load_target("riscv")).accuracy_budget == 0.0  # no float Conv/Linear there
+    profile = _profile(tmp_path, "x86-cpu", **{"accuracy_budget = 0.01": "accuracy_budget = 2"})
+    with pytest.raises(CompressError, match="quantization.accuracy_budget' must be a number in"):
+        QuantScheme.from_target(load_target(str(profile)))

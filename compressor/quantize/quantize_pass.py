@@ -105,8 +105,7 @@ class QuantizePass(Pass):
         sens_inputs = tuple(x[: cfg.sensitivity_samples] for x in train)
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress)
-        budget = (float(ctx.target.data.get("quantization", {}).get("accuracy_budget", 0.0))
-                  if cfg.accuracy_budget is None else cfg.accuracy_budget)
+        budget = scheme.accuracy_budget if cfg.accuracy_budget is None else cfg.accuracy_budget
         kept = _keep_float(student, placed.layers, table, cfg, budget, validation_score,
                            evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"], ctx)
         teacher_metric = evaluate(teacher_hold.numpy(), teacher_hold.numpy(), hold_labels)["metric"]
