@@ -90,8 +90,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
                      f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "
                      f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
+        where = " (host QDQ reference, not the device)" if v.get("latency_stand_in") else ""
         for label, lat in v.get("latency", {}).items():
-            rows.append((f"latency {label.replace('_', ' ')}",
+            rows.append((f"latency {label.replace('_', ' ')}{where}",
                          f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
                          f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)"))
     for p in report.get("passes", []):
@@ -114,8 +115,12 @@ def markdown(report: dict[str, Any]) -> str:
     if v:
         lines += ["", "## Parity (engine vs the PyTorch module it was exported from)", "", "| measure | value |", "|---|---|"]
         lines += [f"| {k} | {val:.6g} |" for k, val in v["parity"].items()]
-        lines += ["", "## Latency (batch 1, median of interleaved runs)", "",
-                  "| threads | PyTorch eager ms (p90) | engine ms (p90) | speedup |", "|---|---|---|---|"]
+        lines += ["", "## Latency (batch 1, median of interleaved runs)", ""]
+        if v.get("latency_stand_in"):
+            lines += [f"The device engine is built on the device, so these are the ONNX file's times in "
+                      f"{v['runtime']} on this host, a stand-in that says nothing about the device's speed. "
+                      f"Time the built engine where its runtime is installed: `compress profile ENGINE`.", ""]
+        lines += ["| threads | PyTorch eager ms (p90) | engine ms (p90) | speedup |", "|---|---|---|---|"]
         for label, lat in v.get("latency", {}).items():
             lines.append(f"| {lat['threads']} | {lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f}) | "
                          f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f}) | {lat['speedup']:.2f}x |")

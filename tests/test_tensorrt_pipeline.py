@@ -25,6 +25,10 @@ def _check_jetson_run(out, result):
     assert not [v for v in lower["violations"] if v["severity"] == "error"]
     verify = passes["verify"]["metrics"]
     assert verify["runtime"] == "onnxruntime (QDQ reference semantics)"
+    assert verify["latency_stand_in"]  # host times of the ONNX file, never passed off as the device's
+    report_md = (out / "report.md").read_text()
+    assert "latency 1 thread (host QDQ reference, not the device)" in report_md
+    assert "says nothing about the device's speed" in report_md
     assert verify["parity"]["top1_agreement"] >= 0.995
     model = onnx.load(str(out / "model.onnx"))
     assert lint(model, load_target("jetson").data) == [] or all(v.severity == "warning" for v in lint(model, load_target("jetson").data))

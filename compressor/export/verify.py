@@ -108,6 +108,9 @@ def with_teacher_cosines(p: dict[str, float], engine: np.ndarray, source: np.nda
             "teacher_cosine_module": parity(source, teacher, "")["cosine_mean"]}
 
 
+REFERENCE_RUNTIME = "onnxruntime (QDQ reference semantics)"
+
+
 def engine_runner(artifact: Artifact, ctx: RunContext):
     """What verification runs, and how it is described in the report.
 
@@ -123,7 +126,7 @@ def engine_runner(artifact: Artifact, ctx: RunContext):
     path = artifact.path if artifact.kind == ONNX or on_host else artifact.path.parent / artifact.meta["onnx"]
     if on_host:
         return (lambda threads: OrtRunner(path, threads)), "onnxruntime (all optimizations)"
-    return (lambda threads: OrtRunner(path, threads, reference=True)), "onnxruntime (QDQ reference semantics)"
+    return (lambda threads: OrtRunner(path, threads, reference=True)), REFERENCE_RUNTIME
 
 
 @register
@@ -158,6 +161,8 @@ class VerifyPass(Pass):
         metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
         if not getattr(runner, "measures_own_latency", False):  # e.g. the C engine: timed in its lower pass
             metrics["latency"] = self._latency(ctx, make_runner)
+            # The device engine is not here: these times are the host's stand-in, not the device's.
+            metrics["latency_stand_in"] = runtime == REFERENCE_RUNTIME
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
