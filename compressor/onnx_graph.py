@@ -1,6 +1,6 @@
-"""An index over an ONNX graph for the rewrites that edit exported files in place (the export's
-QDQ clean-up, the onnxruntime backend's integer MatMuls): who produces and who reads each tensor,
-constant values, new initializers."""
+"""An index over an ONNX graph: who produces and who reads each tensor, constant values, new
+initializers. The rewrites that edit exported files in place use it directly (the export's QDQ
+clean-up, the onnxruntime backend's integer MatMuls); the TensorRT checks extend it."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,12 +12,17 @@ class OnnxGraph:
     def __init__(self, model: onnx.ModelProto):
         self.model = model
         self.graph = model.graph
+        self.nodes = list(self.graph.node)  # as built; in-place rewrites keep their own lists
         self.inits = {i.name: i for i in self.graph.initializer}
-        self.producer = {o: n for n in self.graph.node for o in n.output}
+        self.producer: dict[str, onnx.NodeProto] = {}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for n in self.graph.node:
-            for i in n.input:
-                self.consumers.setdefault(i, []).append(n)
+        for node in self.nodes:
+            for out in node.output:
+                if out:  # "" marks an optional output left out
+                    self.producer[out] = node
+            for inp in node.input:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(node)
 
     def const(self, name: str) -> np.ndarray | None:
         """The value of an initializer or a Constant node's output; None for computed tensors."""

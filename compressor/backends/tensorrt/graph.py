@@ -8,6 +8,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ...onnx_graph import OnnxGraph
+
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 QDQ_OPS = (Q, DQ)
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -54,24 +56,13 @@ class QParams:
                 and self.block_size == other.block_size and (not self.per_channel or self.axis == other.axis))
 
 
-class GraphIndex:
-    """Lookups over `model.graph` (the main graph; subgraphs are not descended into)."""
+class GraphIndex(OnnxGraph):
+    """Read-only lookups over `model.graph` (the main graph; subgraphs are not descended into),
+    looking through Identity, with the Q/DQ parameters TensorRT's rules need."""
 
     def __init__(self, model: onnx.ModelProto):
-        self.model = model
-        self.graph = model.graph
-        self.nodes = list(self.graph.node)
+        super().__init__(model)
         self.labels = {id(n): node_label(n, i) for i, n in enumerate(self.nodes)}
-        self.initializers = {t.name: t for t in self.graph.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in self.nodes:
-            for out in node.output:
-                if out:
-                    self.producer[out] = node
-            for inp in node.input:
-                if inp:
-                    self.consumers.setdefault(inp, []).append(node)
         self.constant_nodes = {n.output[0]: n for n in self.nodes if n.op_type == "Constant" and n.output}
         self.graph_outputs = {o.name for o in self.graph.output}
 
@@ -80,7 +71,7 @@ class GraphIndex:
 
     @cached_property
     def graph_inputs(self) -> list[onnx.ValueInfoProto]:
-        return [i for i in self.graph.input if i.name not in self.initializers]
+        return [i for i in self.graph.input if i.name not in self.inits]
 
     @cached_property
     def value_types(self) -> dict[str, int]:
@@ -88,7 +79,7 @@ class GraphIndex:
         for v in list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info):
             if v.type.HasField("tensor_type"):
                 types[v.name] = v.type.tensor_type.elem_type
-        for name, t in self.initializers.items():
+        for name, t in self.inits.items():
             types[name] = t.data_type
         return types
 
@@ -96,12 +87,12 @@ class GraphIndex:
     def is_const(self, name: str) -> bool:
         """An initializer, a Constant node's output, or a chain of Identity over one."""
         name = self.skip_identity(name)
-        return name in self.initializers or name in self.constant_nodes
+        return name in self.inits or name in self.constant_nodes
 
     def const_tensor(self, name: str) -> TensorProto | None:
         name = self.skip_identity(name)
-        if name in self.initializers:
-            return self.initializers[name]
+        if name in self.inits:
+            return self.inits[name]
         node = self.constant_nodes.get(name)
         if node is not None:
             value = attr(node, "value")
@@ -188,7 +179,7 @@ class GraphIndex:
                 return False
             if t in inputs:
                 return False
-            if t in self.initializers:
+            if t in self.inits:
                 continue
             node = self.producer.get(t)
             if node is None:
