@@ -18,9 +18,11 @@ import torch
 from compressor import compress
 from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner
 from compressor.export.onnx_export import export_onnx
+from compressor.profile.engine import per_node
 from compressor.profile.latency import measure
 
 FLOAT_COMPUTE = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "NchwcConv")
+CONV_KERNELS = ("Conv", "FusedConv", "NchwcConv", "QLinearConv", "ConvInteger")
 
 
 def log(msg: str) -> None:
@@ -115,6 +117,19 @@ def time_rows(calls: dict[str, Callable], rows: list[dict], record: dict, runs: 
         if row["key"] in lat:
             row["latency"] = dict(lat[row["key"]], ratio=lat[row["key"]]["median_ms"] / lat["fp32"]["median_ms"])
     return lat
+
+
+def conv_kernel_split(paths: dict[str, Path], runs: int) -> dict[str, dict]:
+    """onnxruntime's per-node profile of each engine (1 thread): milliseconds per inference in
+    convolution kernels and in everything else. The conv kernels' own int8/FP32 ratio is the
+    floor a whole int8 graph can reach on this CPU, whatever its layout."""
+    split = {}
+    for key, path in paths.items():
+        nodes = per_node(path, runs=runs, threads=1)
+        conv = sum(n["mean_ms"] for n in nodes if n["op"] in CONV_KERNELS)
+        split[key] = {"conv_ms": conv, "other_ms": sum(n["mean_ms"] for n in nodes) - conv,
+                      "conv_nodes": sum(1 for n in nodes if n["op"] in CONV_KERNELS)}
+    return split
 
 
 def graph_facts(path: Path, work: Path) -> dict:
