@@ -142,16 +142,20 @@ def _constant_fold(model: onnx.ModelProto) -> list[str]:
     return [f"constant-folded or removed {len(before) - len(after)} nodes that depend on constants only ({ops})"]
 
 
+def _fold_constant_qdq(model: onnx.ModelProto, op: str, dtypes: tuple[int, ...]) -> tuple[GraphIndex, list]:
+    """Evaluate every `op` (Q or DQ) whose input is a constant of one of `dtypes`; its output becomes
+    an initializer of the same name."""
+    index = GraphIndex(model)
+    folded = [node for node in index.nodes
+              if node.op_type == op and index.is_const(node.input[0]) and index.elem_type(node.input[0]) in dtypes
+              and (op != Q or index.qparams(node).scale is not None) and _fold_node_to_constant(model, node, index)]
+    _remove_nodes(model, folded)
+    return index, folded
+
+
 @fix("fold-bias-dq")
 def _fold_bias_dq(model: onnx.ModelProto) -> list[str]:
-    index = GraphIndex(model)
-    folded = []
-    for node in index.nodes:
-        if node.op_type == DQ and index.is_const(node.input[0]):
-            t = index.elem_type(node.input[0])
-            if t in (TensorProto.INT32, TensorProto.INT16, TensorProto.UINT16) and _fold_node_to_constant(model, node, index):
-                folded.append(node)
-    _remove_nodes(model, folded)
+    index, folded = _fold_constant_qdq(model, DQ, (TensorProto.INT32, TensorProto.INT16, TensorProto.UINT16))
     if not folded:
         return []
     return [f"folded {len(folded)} DequantizeLinear of int32/int16 constants (quantized biases, which TensorRT "
@@ -160,14 +164,8 @@ def _fold_bias_dq(model: onnx.ModelProto) -> list[str]:
 
 @fix("fold-weight-q")
 def _fold_weight_q(model: onnx.ModelProto) -> list[str]:
-    index = GraphIndex(model)
-    folded = []
-    for node in index.nodes:
-        if node.op_type == Q and index.is_const(node.input[0]) and index.qparams(node).scale is not None:
-            if index.elem_type(node.input[0]) in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16,
-                                                  TensorProto.DOUBLE) and _fold_node_to_constant(model, node, index):
-                folded.append(node)
-    _remove_nodes(model, folded)
+    index, folded = _fold_constant_qdq(model, Q, (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16,
+                                                   TensorProto.DOUBLE))
     if not folded:
         return []
     return [f"stored {len(folded)} float weights as quantized initializers (folded their QuantizeLinear): "
