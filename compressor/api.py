@@ -12,10 +12,11 @@ import torch
 
 from . import __version__
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
+from .backends import get_backend
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .errors import CompressError, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
-from .pipeline import PassManager, RunContext, build_pipeline
+from .pipeline import PASSES, PassManager, RunContext, build_pipeline
 from .progress import Progress
 from .report import library_versions, summary_table, write_reports
 from .targets import TargetProfile, load_target
@@ -69,6 +70,13 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
     target = load_target(target_name)
     names, configs, where = _pipeline_request(target, options)
     passes = build_pipeline(names, configs, where)
+    if any(p.needs_backend for p in passes):  # a missing engine builder fails now, not after minutes of quantizing
+        try:
+            get_backend(target.backend)
+        except CompressError as e:
+            rest = ",".join(n for n in names if not PASSES[n].needs_backend)
+            raise CompressError(f"{e}: target {target.name} cannot build its engine; --passes {rest} "
+                                "stops at the verified QDQ ONNX") from None
     run_dir = _run_dir(model, target, options)
     _check_run_dir(run_dir, options)
 

@@ -72,6 +72,7 @@ class Pass:
     returns: ClassVar[str]  # an artifact kind, or "same" for passes that check and pass through
     version: ClassVar[str] = "1"  # bump when the pass's output changes for the same input
     needs_calibration: ClassVar[bool] = False  # refuses random inputs: checked before any work
+    needs_backend: ClassVar[bool] = False  # runs the target's engine builder: checked before any work
     Config: ClassVar[type] = EmptyConfig
 
     def __init__(self, config: Any = None):

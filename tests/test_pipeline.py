@@ -41,6 +41,19 @@ def test_planned_pass_is_reported_as_not_available(models, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written before the pipeline was valid
 
 
+def test_planned_backend_fails_before_any_work(models, tmp_path, monkeypatch):
+    import compressor.api
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the missing backend was reported")
+
+    monkeypatch.setattr(compressor.api, "_load", refuse)
+    with pytest.raises(CompressError, match=r"backend 'qnn' .* not available yet: target snapdragon-htp cannot "
+                                            r"build its engine; --passes quantize,export,verify stops at"):
+        compress(models["pt2"], target="snapdragon-htp", calib="mnist", out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_writes_engine_report_and_resumes_from_cache(models, tmp_path, fast_config):
     out = tmp_path / "run"
     first = compress(models["pt2"], target="x86-cpu", calib="mnist", out=out, config=fast_config)

@@ -24,6 +24,7 @@ class LowerPass(Pass):
     name = "lower"
     takes = (ONNX,)
     returns = ENGINE
+    needs_backend = True
     Config = LowerConfig
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
