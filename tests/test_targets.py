@@ -65,3 +65,5 @@ def test_targets_command_lists_one_line_each():
     lines = result.output.strip().splitlines()
     assert len(lines) == len(bundled_profiles())
     assert any(line.startswith("jetson-orin-nano") and "alias jetson" in line for line in lines)
+    # a profile whose engine builder has not landed says so where users pick targets
+    assert [line.split()[0] for line in lines if "engine builder not available yet" in line] == ["snapdragon-htp"]
