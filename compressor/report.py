@@ -92,9 +92,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
         where = " (host QDQ reference, not the device)" if v.get("latency_stand_in") else ""
         for label, lat in v.get("latency", {}).items():
-            rows.append((f"latency {label.replace('_', ' ')}{where}",
-                         f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
-                         f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)"))
+            line = (f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
+                    f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)")
+            if "fp32_onnx" in lat:
+                line += (f"; FP32 onnxruntime {lat['fp32_onnx']['median_ms']:.3f} ms "
+                         f"(engine {lat['engine_over_fp32_onnx']:.2f}x of it)")
+            rows.append((f"latency {label.replace('_', ' ')}{where}", line))
     for p in report.get("passes", []):
         rows.append((f"pass {p['name']}", f"{p['status']} in {p['seconds']:.1f} s"))
     if report.get("engine"):
@@ -120,10 +123,21 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [f"The device engine is built on the device, so these are the ONNX file's times in "
                       f"{v['runtime']} on this host, a stand-in that says nothing about the device's speed. "
                       f"Time the built engine where its runtime is installed: `compress profile ENGINE`.", ""]
-        lines += ["| threads | PyTorch eager ms (p90) | engine ms (p90) | speedup |", "|---|---|---|---|"]
-        for label, lat in v.get("latency", {}).items():
-            lines.append(f"| {lat['threads']} | {lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f}) | "
-                         f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f}) | {lat['speedup']:.2f}x |")
+        latency = v.get("latency", {})
+        baseline = all("fp32_onnx" in lat for lat in latency.values()) and bool(latency)
+        head = ["threads", "PyTorch eager ms (p90)", "engine ms (p90)", "speedup"]
+        if baseline:  # the teacher as FP32 ONNX in the engine's runtime: what quantizing bought
+            head += ["FP32 onnxruntime ms (p90)", "engine / FP32 onnxruntime"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for lat in latency.values():
+            cells = [str(lat["threads"]), f"{lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f})",
+                     f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f})", f"{lat['speedup']:.2f}x"]
+            if baseline:
+                cells += [f"{lat['fp32_onnx']['median_ms']:.3f} ({lat['fp32_onnx']['p90_ms']:.3f})",
+                          f"{lat['engine_over_fp32_onnx']:.2f}x"]
+            lines.append("| " + " | ".join(cells) + " |")
+        if v.get("fp32_onnx_baseline_error"):
+            lines += ["", f"No FP32 onnxruntime baseline: the teacher did not export ({v['fp32_onnx_baseline_error']})."]
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
         lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",

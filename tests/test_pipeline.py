@@ -66,6 +66,7 @@ def test_run_writes_engine_report_and_resumes_from_cache(models, tmp_path, fast_
     assert verify["passed"] and verify["parity"]["top1_agreement"] == 1.0
     assert verify["latency"]["1_thread"]["engine"]["median_ms"] > 0
     assert verify["latency_stand_in"] is False  # on x86 the ONNX file is the engine
+    assert "fp32_onnx" not in verify["latency"]["1_thread"]  # an FP32 engine is its own baseline
     assert (out / "report.md").read_text().startswith("# Compression report")
     assert "not the device" not in (out / "report.md").read_text()
 

@@ -196,6 +196,12 @@ def test_quantized_engine_end_to_end_x86(trained_res, tmp_path):
     assert quant["teacher_metric"] > 0.9 and quant["qad_metric"] > quant["teacher_metric"] - 0.02
     assert len(quant["sensitivity"]) == quant["quantized_layers"] >= 5
     assert verify["precision"] == "int8" and verify["parity"]["top1_agreement"] >= 0.995
+    # Latency against the teacher as FP32 ONNX in the same runtime (what int8 bought), in the report.
+    for lat in verify["latency"].values():
+        assert lat["fp32_onnx"]["median_ms"] > 0
+        assert lat["engine_over_fp32_onnx"] == lat["engine"]["median_ms"] / lat["fp32_onnx"]["median_ms"]
+    assert "engine / FP32 onnxruntime" in (out / "report.md").read_text()
+    assert not (out / "04-verify" / "teacher_fp32.onnx").exists()  # timed, not kept
 
     model = onnx.load(str(out / "model.onnx"))
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer if len(i.dims) >= 2]

@@ -3,7 +3,9 @@
 Parity compares the engine with the PyTorch module it was exported from (the fake-quant student
 for quantized engines) on the held-out samples; the task metric compares the engine with the
 user's original model (the teacher); latency compares PyTorch eager with the engine, batch 1,
-single thread and all threads, interleaved in one process.
+single thread and all threads, interleaved in one process. A quantized engine that runs here
+(onnxruntime) is also timed against the teacher exported to FP32 ONNX in the same runtime: what
+int8 buys over exporting the model as it is.
 """
 from __future__ import annotations
 
@@ -125,8 +127,25 @@ def engine_runner(artifact: Artifact, ctx: RunContext):
         return (lambda threads: backend.make_runner(artifact.path, threads)), f"{ctx.target.backend} engine"
     path = artifact.path if artifact.kind == ONNX or on_host else artifact.path.parent / artifact.meta["onnx"]
     if on_host:
-        return (lambda threads: OrtRunner(path, threads)), "onnxruntime (all optimizations)"
+        return (lambda threads: OrtRunner(path, threads)), HOST_RUNTIME
     return (lambda threads: OrtRunner(path, threads, reference=True)), REFERENCE_RUNTIME
+
+
+HOST_RUNTIME = "onnxruntime (all optimizations)"
+
+
+def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | None]:
+    """The teacher as FP32 ONNX, for timing a quantized onnxruntime engine against; (None, why)
+    when it does not export (the engine is still verified, only this comparison is missing)."""
+    from .onnx_export import export_onnx
+
+    path = workdir / "teacher_fp32.onnx"
+    try:
+        export_onnx(ctx.reference.module, ctx.reference.spec, path)
+    except Exception as e:  # noqa: BLE001 - any exporter failure only drops the comparison
+        path.unlink(missing_ok=True)
+        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    return path, None
 
 
 @register
@@ -160,7 +179,15 @@ class VerifyPass(Pass):
         }
         metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
         if not getattr(runner, "measures_own_latency", False):  # e.g. the C engine: timed in its lower pass
-            metrics["latency"] = self._latency(ctx, make_runner)
+            baseline = None
+            if precision != "fp32" and runtime == HOST_RUNTIME:
+                baseline, why = fp32_baseline(ctx, workdir)
+                if why:
+                    metrics["fp32_onnx_baseline_error"] = why
+                    ctx.progress.log(f"  no FP32 onnxruntime baseline for the latency (the teacher did not export: {why})")
+            metrics["latency"] = self._latency(ctx, make_runner, baseline)
+            if baseline is not None:
+                baseline.unlink()  # the teacher's size again: only its timing is kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
             metrics["latency_stand_in"] = runtime == REFERENCE_RUNTIME
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
@@ -173,7 +200,7 @@ class VerifyPass(Pass):
             raise error
         return PassResult(artifact, metrics)
 
-    def _latency(self, ctx: RunContext, make_runner) -> dict[str, dict]:
+    def _latency(self, ctx: RunContext, make_runner, fp32_onnx: Path | None) -> dict[str, dict]:
         runs = self.config.latency_runs or ctx.target.latency_runs
         sample = tuple(x[:1] for x in ctx.data.holdout)
         arrays = tuple(x.numpy() for x in sample)
@@ -182,14 +209,20 @@ class VerifyPass(Pass):
         saved = torch.get_num_threads()
         for label, threads in (("1_thread", 1), ("all_threads", os.cpu_count() or 1)):
             engine = make_runner(threads)
+            calls = {"pytorch": lambda: teacher(*sample), "engine": lambda: engine(*arrays)}
+            if fp32_onnx is not None:
+                fp32 = OrtRunner(fp32_onnx, threads)
+                calls["fp32_onnx"] = lambda: fp32(*arrays)
             torch.set_num_threads(threads)
             try:
                 with torch.inference_mode():
-                    timings = measure({"pytorch": lambda: teacher(*sample), "engine": lambda: engine(*arrays)},
-                                      runs=runs, warmup=self.config.warmup, progress=ctx.progress, desc=f"latency {label}")
+                    timings = measure(calls, runs=runs, warmup=self.config.warmup, progress=ctx.progress,
+                                      desc=f"latency {label}")
             finally:
                 torch.set_num_threads(saved)
             timings["speedup"] = timings["pytorch"]["median_ms"] / timings["engine"]["median_ms"]
+            if "fp32_onnx" in timings:
+                timings["engine_over_fp32_onnx"] = timings["engine"]["median_ms"] / timings["fp32_onnx"]["median_ms"]
             timings["threads"] = threads
             timings["input_shapes"] = [list(x.shape) for x in sample]  # e.g. [[1, 128], [1, 128]] for text
             results[label] = timings
