@@ -180,3 +180,21 @@ def test_kill_during_a_pass_loses_only_that_pass(models, tmp_path):
 
 def teardown_module():
     PASSES.pop("test-perturb", None)
+
+
+def test_fp32_baseline_that_does_not_export_drops_only_the_comparison(tmp_path, monkeypatch):
+    """A teacher the exporter refuses leaves no half-written file and a reason, not a failed run."""
+    import types
+
+    import compressor.export.onnx_export as onnx_export
+    from compressor.export.verify import fp32_baseline
+
+    def half_write_then_fail(module, spec, path, **kwargs):
+        path.write_bytes(b"partial")
+        raise RuntimeError("Unsupported: data-dependent control flow\nmore detail")
+
+    monkeypatch.setattr(onnx_export, "export_onnx", half_write_then_fail)
+    ctx = types.SimpleNamespace(reference=types.SimpleNamespace(module=None, spec=None))
+    path, why = fp32_baseline(ctx, tmp_path)
+    assert path is None and why == "RuntimeError: Unsupported: data-dependent control flow"
+    assert list(tmp_path.iterdir()) == []
