@@ -132,6 +132,7 @@ def engine_runner(artifact: Artifact, ctx: RunContext):
 
 
 HOST_RUNTIME = "onnxruntime (all optimizations)"
+LATENCY_BLOCK = 10  # multi-threaded variants are timed in blocks (see profile.latency)
 
 
 def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | None]:
@@ -217,7 +218,7 @@ class VerifyPass(Pass):
             try:
                 with torch.inference_mode():
                     timings = measure(calls, runs=runs, warmup=self.config.warmup, progress=ctx.progress,
-                                      desc=f"latency {label}")
+                                      desc=f"latency {label}", block=1 if threads == 1 else LATENCY_BLOCK)
             finally:
                 torch.set_num_threads(saved)
             timings["speedup"] = timings["pytorch"]["median_ms"] / timings["engine"]["median_ms"]
