@@ -12,7 +12,7 @@ import torch
 
 from . import __version__
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
-from .backends import get_backend
+from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .errors import CompressError, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
@@ -72,10 +72,10 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
     passes = build_pipeline(names, configs, where)
     if any(p.needs_backend for p in passes):  # a missing engine builder fails now, not after minutes of quantizing
         try:
-            get_backend(target.backend)
+            preflight(target)
         except CompressError as e:
             rest = ",".join(n for n in names if not PASSES[n].needs_backend)
-            raise CompressError(f"{e}: target {target.name} cannot build its engine; --passes {rest} "
+            raise CompressError(f"{e}: target {target.name} cannot build its engine here; --passes {rest} "
                                 "stops at the verified QDQ ONNX") from None
     run_dir = _run_dir(model, target, options)
     _check_run_dir(run_dir, options)

@@ -49,8 +49,15 @@ def test_planned_backend_fails_before_any_work(models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(compressor.api, "_load", refuse)
     with pytest.raises(CompressError, match=r"backend 'qnn' .* not available yet: target snapdragon-htp cannot "
-                                            r"build its engine; --passes quantize,export,verify stops at"):
+                                            r"build its engine here; --passes quantize,export,verify stops at"):
         compress(models["pt2"], target="snapdragon-htp", calib="mnist", out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    # The same for a backend that is here but lacks its tools: the C engine without a cross toolchain.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(CompressError, match=r"cannot build the host C engine: missing make, cc .*Install the toolchain "
+                                            r"with: .*: target rv64gcv cannot build its engine here"):
+        compress(models["pt2"], target="riscv", calib="mnist", out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 

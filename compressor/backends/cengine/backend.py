@@ -11,7 +11,7 @@ from ...artifacts import ENGINE, Artifact, sha256_file
 from ...errors import CompressError, VerificationError
 from ...pipeline import PassResult, RunContext
 from . import generate, verify
-from .toolchain import APT_INSTALL, EngineRunner, missing_tools
+from .toolchain import EngineRunner, require_tools
 
 ENGINE_DIR = "cengine"
 VERIFY_SAMPLES = 200  # host build
@@ -29,11 +29,14 @@ def engine_dims(spec, holdout) -> dict[str, int]:
     return dims
 
 
+def preflight(target) -> None:
+    """Before any work: the cross toolchain and emulator that lowering builds and runs with."""
+    for arch in ("host", "rv64gc", "rv64gcv"):
+        require_tools(arch, run=True)
+
+
 def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
-    for arch in ("rv64gc", "rv64gcv"):
-        missing = missing_tools(arch, run=True)
-        if missing:
-            raise CompressError(f"the RISC-V cross toolchain is missing ({', '.join(missing)}); install it with: {APT_INSTALL}")
+    preflight(ctx.target)
     engine_dir = workdir / ENGINE_DIR
     holdout = [x[:VERIFY_SAMPLES].numpy() for x in ctx.data.holdout]
     info = generate(artifact.path, engine_dir, dims=engine_dims(artifact.spec, holdout))
