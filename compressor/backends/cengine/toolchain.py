@@ -94,10 +94,10 @@ def input_specs(meta: dict) -> list[dict]:
     return meta.get("inputs") or [meta["input"]]
 
 
-def pack_inputs(meta: dict, inputs) -> tuple[np.ndarray, int]:
-    """Samples as the runner reads them: one record per sample, the raw bytes of every input in
-    order. `inputs`: one array (single-input engines), a list/tuple of arrays in input order, or
-    a dict by input name; each batch-first (N x input shape) or a single sample."""
+def input_arrays(meta: dict, inputs) -> list[np.ndarray]:
+    """`inputs` as batch-first arrays of the engine's input shapes and dtypes, in input order.
+    `inputs`: one array (single-input engines), a list/tuple of arrays in input order, or a dict
+    by input name; each batch-first (N x input shape) or a single sample."""
     specs = input_specs(meta)
     if isinstance(inputs, dict):
         missing = [s["name"] for s in specs if s["name"] not in inputs]
@@ -111,19 +111,26 @@ def pack_inputs(meta: dict, inputs) -> tuple[np.ndarray, int]:
     if len(arrays) != len(specs):
         raise CompressError(f"the engine takes {len(specs)} input(s) ({', '.join(s['name'] for s in specs)}), "
                             f"got {len(arrays)}")
-    parts, n = [], None
+    out: list[np.ndarray] = []
     for a, spec in zip(arrays, specs):
         size = int(np.prod(spec["shape"]))
         a = np.asarray(a)
         if a.size % size:
             raise CompressError(f"engine input '{spec['name']}' takes {size} values per sample "
                                 f"(shape {spec['shape']}), got an array of shape {list(a.shape)}")
-        x = np.ascontiguousarray(a.astype(NP_DTYPES[spec["dtype"]], copy=False)).reshape(-1, size)
-        if n is not None and x.shape[0] != n:
-            raise CompressError(f"engine inputs have different sample counts ({n} and {x.shape[0]})")
-        n = x.shape[0]
-        parts.append(x.view(np.uint8).reshape(n, -1))
-    return np.ascontiguousarray(np.concatenate(parts, axis=1)), int(n or 0)
+        x = np.ascontiguousarray(a.astype(NP_DTYPES[spec["dtype"]], copy=False)).reshape((-1,) + tuple(spec["shape"][1:]))
+        if out and len(x) != len(out[0]):
+            raise CompressError(f"engine inputs have different sample counts ({len(out[0])} and {len(x)})")
+        out.append(x)
+    return out
+
+
+def pack_inputs(meta: dict, inputs) -> tuple[np.ndarray, int]:
+    """Samples as the runner reads them: one record per sample, the raw bytes of every input in
+    order (`inputs` in any `input_arrays` form), and the sample count."""
+    arrays = input_arrays(meta, inputs)
+    n = len(arrays[0])
+    return np.ascontiguousarray(np.concatenate([a.reshape(n, -1).view(np.uint8) for a in arrays], axis=1)), n
 
 
 def _command(binary: Path, arch: str) -> list[str]:

@@ -30,8 +30,8 @@ import numpy as np
 
 from compressor.errors import CompressError
 
-from .toolchain import (ARCHS, NP_DTYPES, code_bytes, compile_engine, count_instructions, engine_meta,
-                        host_latency_ns, input_specs, missing_tools, run_engine)
+from .toolchain import (ARCHS, code_bytes, compile_engine, count_instructions, engine_meta, host_latency_ns,
+                        input_arrays, missing_tools, run_engine)
 
 
 def ort_session(onnx_path: Path, optimized: bool = True, threads: int = 1):
@@ -95,18 +95,6 @@ def ort_latency_ns(sess, x1, runs: int) -> float:
     return float(np.median(t))
 
 
-def engine_inputs(meta: dict, inputs) -> list[np.ndarray]:
-    """`inputs` (one array, a list in input order or a dict by name) as batch-first arrays of the
-    engine's input shapes and dtypes."""
-    specs = input_specs(meta)
-    arrays = ([inputs[s["name"]] for s in specs] if isinstance(inputs, dict)
-              else (list(inputs) if isinstance(inputs, (list, tuple)) and len(specs) > 1 else [inputs]))
-    if len(arrays) != len(specs):
-        raise CompressError(f"the engine takes {len(specs)} input(s), got {len(arrays)}")
-    return [np.asarray(a, NP_DTYPES[s["dtype"]]).reshape((-1,) + tuple(s["shape"][1:]))
-            for a, s in zip(arrays, specs)]
-
-
 # a float output (an embedding, float logits) passes with these cosines to onnxruntime's QDQ result
 MIN_COSINE_MEAN = 0.998
 MIN_COSINE = 0.98
@@ -126,7 +114,7 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     meta = engine_meta(out_dir)
-    xs = engine_inputs(meta, inputs)
+    xs = input_arrays(meta, inputs)
     x = xs if len(xs) > 1 else xs[0]
     first = [a[:1] for a in xs] if len(xs) > 1 else xs[0][:1]
     n = int(len(xs[0]))
@@ -181,4 +169,4 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
     return rep
 
 
-__all__ = ["verify", "ort_session", "ort_run", "parity", "engine_inputs", "CompressError"]
+__all__ = ["verify", "ort_session", "ort_run", "parity", "input_arrays", "CompressError"]
