@@ -17,6 +17,7 @@ import torch
 
 from compressor import compress
 from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner
+from compressor.errors import first_line
 from compressor.export.onnx_export import export_onnx
 from compressor.profile.engine import per_node
 from compressor.profile.latency import measure
@@ -99,7 +100,7 @@ def build_row(key: str, label: str, build: Callable[[], tuple[Path, dict]]) -> d
 
 def record_failure(row: dict, e: Exception) -> None:
     """Call from an except block: the row shows why it has no numbers."""
-    msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    msg = first_line(e, limit=10_000, typed=True)
     log(f"[{row['key']}] FAILED: {msg}")
     row.update(error=msg, traceback=traceback.format_exc()[-4000:])
 

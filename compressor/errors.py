@@ -14,3 +14,12 @@ class VerificationError(CompressError):
     """The engine was built but does not match the model within tolerance: exit 3."""
 
     exit_code = 3
+
+
+def first_line(e: BaseException, limit: int = 300, typed: bool = False) -> str:
+    """An exception's message cut to its first line (its type's name when it has none): what a
+    one-line error quotes from a library's multi-line one. `typed`: "TypeName: message"."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    return (f"{type(e).__name__}: " if typed else "") + text.splitlines()[0][:limit]

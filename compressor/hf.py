@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import InputSpec, TensorSpec
-from .errors import CompressError
+from .errors import CompressError, first_line
 from .tomlfile import get
 
 INPUTS = ("input_ids", "attention_mask")
@@ -138,7 +138,7 @@ def load_hf_folder(path: Path) -> tuple[torch.nn.Module, list[TensorSpec]]:
         with _quiet_transformers():
             model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 - unknown model type, missing or corrupt weights, ...
-        raise CompressError(f"{path}: transformers cannot load this {model_type} model: {_short(e)}") from None
+        raise CompressError(f"{path}: transformers cannot load this {model_type} model: {first_line(e)}") from None
     model.eval()
     module = HFClassifier(model) if classifier else HFEncoder(model, pooling, normalize)
     # Position embeddings bound the sequence; torch.export needs the bound to trace the slicing.
@@ -259,7 +259,7 @@ def _load_tokenizer(transformers, folder: Path, where: Path):
         with _quiet_transformers():
             return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - missing files, unknown tokenizer class, ...
-        raise CompressError(f"{where}: cannot load a tokenizer from {folder}: {_short(e)}") from None
+        raise CompressError(f"{where}: cannot load a tokenizer from {folder}: {first_line(e)}") from None
 
 
 def _check_pairing(tokenizer, folder: Path, model_folder: Path, where: Path, transformers) -> None:
@@ -299,7 +299,3 @@ def _read_json(path: Path) -> Any:
         raise CompressError(f"{path}: file not found") from None
     except (OSError, ValueError) as e:
         raise CompressError(f"{path}: not readable JSON: {e}") from None
-
-
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json
-from .errors import CompressError
+from .errors import CompressError, first_line
 
 TASKS = ("classification", "embedding", "regression")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32}
@@ -94,7 +94,7 @@ def _exported_program(path: Path, options: LoadOptions):
     try:
         program = torch.export.load(str(path))
     except Exception as e:  # noqa: BLE001 - any failure here means the archive is unusable
-        raise CompressError(f"{path}: cannot load torch.export archive: {_short(e)}") from None
+        raise CompressError(f"{path}: cannot load torch.export archive: {first_line(e)}") from None
     inputs, static_batch = _spec_from_program(program)
     module = program.module()
     if static_batch is not None:
@@ -106,7 +106,7 @@ def _torchscript(path: Path, options: LoadOptions):
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
-        raise CompressError(f"{path}: cannot load TorchScript archive: {_short(e)}") from None
+        raise CompressError(f"{path}: cannot load TorchScript archive: {first_line(e)}") from None
     return module, _inputs_from_options(path, options), None, "torchscript"
 
 
@@ -115,7 +115,7 @@ def _torch_save(path: Path, options: LoadOptions):
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not _names_python_objects(e):
-            raise CompressError(f"{path}: corrupt or truncated PyTorch file: {_short(e)}") from None
+            raise CompressError(f"{path}: corrupt or truncated PyTorch file: {first_line(e)}") from None
         if not options.allow_pickle:
             raise CompressError(
                 f"{path}: holds a pickled Python object ({_pickled_global(e)}); unpickling runs arbitrary code, "
@@ -124,7 +124,7 @@ def _torch_save(path: Path, options: LoadOptions):
             ) from None
         return _pickled_module(path, options)
     except Exception as e:  # noqa: BLE001
-        raise CompressError(f"{path}: corrupt or truncated PyTorch file: {_short(e)}") from None
+        raise CompressError(f"{path}: corrupt or truncated PyTorch file: {first_line(e)}") from None
     state_dict = _find_state_dict(obj)
     if state_dict is None:
         raise CompressError(f"{path}: a torch.save file that holds neither a state_dict nor a model")
@@ -137,7 +137,7 @@ def _torch_save(path: Path, options: LoadOptions):
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise CompressError(f"{path}: the state_dict does not fit {options.model_class}: {_short(e)}") from None
+        raise CompressError(f"{path}: the state_dict does not fit {options.model_class}: {first_line(e)}") from None
     return module, _inputs_from_options(path, options), None, "state_dict"
 
 
@@ -145,7 +145,7 @@ def _pickled_module(path: Path, options: LoadOptions):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001
-        raise CompressError(f"{path}: cannot unpickle: {_short(e)}") from None
+        raise CompressError(f"{path}: cannot unpickle: {first_line(e)}") from None
     if not isinstance(obj, torch.nn.Module):
         raise CompressError(f"{path}: the pickle holds a {type(obj).__name__}, not a torch.nn.Module")
     return obj, _inputs_from_options(path, options), None, "pickle"
@@ -240,7 +240,7 @@ def infer_task(module: torch.nn.Module, inputs: list[TensorSpec], static_batch: 
         raise
     except Exception as e:  # noqa: BLE001 - the user's model failed on the declared input
         raise CompressError(f"{path}: the model fails on an input of shape "
-                            f"{[t.concrete_shape(static_batch or 1) for t in inputs]}: {_short(e)}") from None
+                            f"{[t.concrete_shape(static_batch or 1) for t in inputs]}: {first_line(e)}") from None
     return "classification" if out.dim() == 2 and out.shape[1] > 1 else "embedding"
 
 
@@ -287,11 +287,11 @@ def _instantiate(options: LoadOptions) -> torch.nn.Module:
             mod = importlib.import_module(where)
         cls = getattr(mod, name)
     except (ImportError, AttributeError) as e:
-        raise CompressError(f"--model-class {spec}: cannot import: {_short(e)}") from None
+        raise CompressError(f"--model-class {spec}: cannot import: {first_line(e)}") from None
     try:
         module = cls(**options.model_args)
     except Exception as e:  # noqa: BLE001
-        raise CompressError(f"--model-class {spec}: constructor failed with --model-args {json.dumps(options.model_args)}: {_short(e)}") from None
+        raise CompressError(f"--model-class {spec}: constructor failed with --model-args {json.dumps(options.model_args)}: {first_line(e)}") from None
     if not isinstance(module, torch.nn.Module):
         raise CompressError(f"--model-class {spec}: not a torch.nn.Module")
     return module
@@ -320,7 +320,3 @@ def _pickled_global(e: Exception) -> str:
 
 def _folder_hash(path: Path) -> str:
     return sha256_json({str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()})
-
-
-def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from ..artifacts import MODULE, ONNX, Artifact, InputSpec, TensorSpec, sha256_file
-from ..errors import CompressError
+from ..errors import CompressError, first_line
 from ..model_io import StaticBatchAdapter, example_inputs
 from ..pipeline import Pass, PassResult, RunContext, register
 
@@ -49,7 +49,7 @@ def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int
                 exporter(module, args, spec, path, opset)
             break
         except Exception as e:  # noqa: BLE001 - try the next exporter, report all if none works
-            errors.append(f"{exporter.__name__.strip('_')}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}")
+            errors.append(f"{exporter.__name__.strip('_')}: {first_line(e, 200)}")
     else:
         raise CompressError(f"ONNX export failed: {'; '.join(errors)}")
     model = onnx.load(str(path))

@@ -19,7 +19,7 @@ import torch
 from ..artifacts import ENGINE, ONNX, Artifact
 from ..backends import get_backend
 from ..backends.onnxruntime import OrtRunner
-from ..errors import VerificationError
+from ..errors import VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
 from ..pipeline import Pass, PassResult, RunContext, register
@@ -145,7 +145,7 @@ def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | No
         export_onnx(ctx.reference.module, ctx.reference.spec, path)
     except Exception as e:  # noqa: BLE001 - any exporter failure only drops the comparison
         path.unlink(missing_ok=True)
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+        return None, first_line(e, typed=True)
     return path, None
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import fx, nn
 
 from ..artifacts import InputSpec
-from ..errors import CompressError
+from ..errors import CompressError, first_line
 from ..model_io import StaticBatchAdapter, example_inputs
 from .fakequant import FakeQuant
 from .scheme import WEIGHT_ARG, WEIGHTED, QuantScheme
@@ -100,7 +100,7 @@ def _aten_copy(module: nn.Module, spec: InputSpec) -> tuple[fx.GraphModule, int 
         program = torch.export.export(copy.deepcopy(module).eval(), example_inputs(spec, batch=2),
                                       dynamic_shapes=dynamic_shapes(spec))
     except Exception as e:  # noqa: BLE001 - torch.export raises many types
-        raise CompressError(f"torch.export cannot capture the model for quantization: {str(e).splitlines()[0][:300]}") from None
+        raise CompressError(f"torch.export cannot capture the model for quantization: {first_line(e)}") from None
     # The deep copy drops the unlifted module's train()/eval() guards (local lambdas): the copy
     # pickles into the run directory and the TorchScript exporter can call eval() on it.
     return copy.deepcopy(program.module()), static

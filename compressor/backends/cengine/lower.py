@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressor.errors import CompressError
+from compressor.errors import CompressError, first_line
 
 from .fixedpoint import quantize_value
 from .ir import TYPE_CODE, Buf, Graph, Op
@@ -212,7 +212,7 @@ def _run_at_static_shapes(m: onnx.ModelProto, outputs: list[str]):
             feeds[vi.name] = np.zeros([d.dim_value for d in t.shape.dim], dt)
         return sess.run(None, feeds), None
     except Exception as e:  # noqa: BLE001 - reported by the caller
-        return None, (str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__)
+        return None, first_line(e)
 
 
 def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> str | None:
