@@ -16,7 +16,7 @@ from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .errors import CompressError, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
-from .pipeline import PASSES, PassManager, RunContext, build_pipeline
+from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
 from .report import library_versions, summary_table, write_reports
 from .targets import TargetProfile, load_target
@@ -74,7 +74,7 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         try:
             preflight(target)
         except CompressError as e:
-            rest = ",".join(n for n in names if not PASSES[n].needs_backend)
+            rest = ",".join(p.name for p in passes if not p.needs_backend)
             raise CompressError(f"{e}: target {target.name} cannot build its engine here; --passes {rest} "
                                 "stops at the verified QDQ ONNX") from None
     run_dir = _run_dir(model, target, options)

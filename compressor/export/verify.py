@@ -3,7 +3,7 @@
 Parity compares the engine with the PyTorch module it was exported from (the fake-quant student
 for quantized engines) on the held-out samples; the task metric compares the engine with the
 user's original model (the teacher); latency compares PyTorch eager with the engine, batch 1,
-single thread and all threads, interleaved in one process. A quantized engine that runs here
+single thread and all threads, side by side in one process (profile.latency). A quantized engine that runs here
 (onnxruntime) is also timed against the teacher exported to FP32 ONNX in the same runtime: what
 int8 buys over exporting the model as it is.
 """
@@ -111,6 +111,8 @@ def with_teacher_cosines(p: dict[str, float], engine: np.ndarray, source: np.nda
 
 
 REFERENCE_RUNTIME = "onnxruntime (QDQ reference semantics)"
+HOST_RUNTIME = "onnxruntime (all optimizations)"
+LATENCY_BLOCK = 10  # multi-threaded variants are timed in blocks (see profile.latency)
 
 
 def engine_runner(artifact: Artifact, ctx: RunContext):
@@ -129,10 +131,6 @@ def engine_runner(artifact: Artifact, ctx: RunContext):
     if on_host:
         return (lambda threads: OrtRunner(path, threads)), HOST_RUNTIME
     return (lambda threads: OrtRunner(path, threads, reference=True)), REFERENCE_RUNTIME
-
-
-HOST_RUNTIME = "onnxruntime (all optimizations)"
-LATENCY_BLOCK = 10  # multi-threaded variants are timed in blocks (see profile.latency)
 
 
 def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | None]:
