@@ -272,7 +272,7 @@ def test_distillation_recovers_what_ptq_loses_without_labels(trained_res, tmp_pa
     recipe.write_text('source = "npy"\npath = "digits.npy"\ncalibration_samples = 1000\nholdout_samples = 200\n')
     profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 4", "max_metric_drop = 0.01": "max_metric_drop = 0.1"})
     result = compress(trained_res, target=str(profile), calib=str(recipe), out=tmp_path / "run",
-                      config=_config(tmp_path, "epochs = 3\nlr = 0.001\npatience = 3"))
+                      config=_config(tmp_path, "epochs = 3\nlr = 0.001\npatience = 3\naccuracy_budget = 0.0"))
     quant = result.report["passes"][0]["metrics"]
     assert quant["qad_metric"] >= quant["ptq_metric"]
     history = quant["qad_history"]
@@ -281,7 +281,9 @@ def test_distillation_recovers_what_ptq_loses_without_labels(trained_res, tmp_pa
 
 def test_accuracy_budget_keeps_sensitive_layers_until_the_drop_fits(trained_res, tmp_path):
     # 2-bit weights collapse this net (previous test); a budget keeps the worst layers in float.
-    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2"})
+    # The budget is measured on the validation slice; the held-out drop may differ by sampling
+    # noise, so verification gets the looser bound this test checks below.
+    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2", "max_metric_drop = 0.01": "max_metric_drop = 0.05"})
     result = compress(trained_res, target=str(profile), calib="mnist", out=tmp_path / "run",
                       config=_config(tmp_path, "epochs = 0\naccuracy_budget = 0.02"))
     quant = result.report["passes"][0]["metrics"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model_io import first_output
+from ..distill import Fidelity
 from ..progress import Progress
 from .fakequant import OBSERVE, QUANTIZE, fake_quants
 from .observers import OBSERVERS, Observer, get_observer
@@ -21,15 +21,9 @@ from .observers import OBSERVERS, Observer, get_observer
 AUTO = "auto"
 
 
-def batched_outputs(module: nn.Module, inputs: tuple[torch.Tensor, ...], batch: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([first_output(module(*(x[s:s + batch] for x in inputs))).float()
-                          for s in range(0, inputs[0].shape[0], batch)])
-
-
 def calibrate(model: nn.Module, inputs: tuple[torch.Tensor, ...], observer: str, batch: int,
-              progress: Progress, score: Callable[[nn.Module], tuple] | None = None
-              ) -> tuple[str, dict[str, tuple[float, float]], dict[str, tuple]]:
+              progress: Progress, score: Callable[[nn.Module], Fidelity] | None = None
+              ) -> tuple[str, dict[str, tuple[float, float]], dict[str, Fidelity]]:
     """Set every activation fake-quant's range with `observer` (or the best one, for "auto", by
     `score`: higher is better). Returns the observer used, the ranges and each candidate's score."""
     candidates = list(OBSERVERS) if observer == AUTO else [observer]
@@ -44,7 +38,7 @@ def calibrate(model: nn.Module, inputs: tuple[torch.Tensor, ...], observer: str,
         for start in progress.bar(range(0, inputs[0].shape[0], batch), desc="calibrate"):
             model(*(x[start:start + batch] for x in inputs))
     observed = {name: m.observer for name, m in activations}
-    trials: dict[str, tuple] = {}
+    trials: dict[str, Fidelity] = {}
     best = None
     for name in candidates:
         ranges = _apply(activations, observed, get_observer(name))

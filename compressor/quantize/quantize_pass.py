@@ -12,27 +12,23 @@ from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter
 from ..pipeline import Pass, PassResult, RunContext, register
-from .calibrate import AUTO, batched_outputs, calibrate
+from ..distill import DistillConfig, batched_outputs, fidelity_scorer, split_validation
+from .calibrate import AUTO, calibrate
 from .fakequant import fake_quants
 from .graph import fold_batchnorm, insert_fake_quants, to_graph_module
 from .observers import OBSERVERS
-from .qad import QadSettings, add_feature_tap, distill
+from .qad import quantization_aware_distill
 from .scheme import QuantScheme
-from .sensitivity import analyse, output_error, set_layers
+from .sensitivity import analyse, set_layers
 
 
 @dataclass
-class QuantizeConfig:
-    observer: str = ""  # "" = the target profile's default; "auto" = the best on the validation slice
-    epochs: int = 2
+class QuantizeConfig(DistillConfig):
+    """The distillation options (compressor.distill.DistillConfig), with QAD's defaults, and the
+    quantization's own."""
+
     lr: float = 1e-5  # fine-tuning a converged model: 1e-4 (Adam) measurably undid the calibration
-    batch: int = 64
-    temperature: float = 4.0
-    kd_weight: float = 1.0
-    label_weight: float = 0.0
-    feature_weight: float = 0.0
-    patience: int = 1
-    val_fraction: float = 0.1
+    observer: str = ""  # "" = the target profile's default; "auto" = the best on the validation slice
     keep_float: int = 0  # keep the N most sensitive layers in the target's higher precision
     # keep more of the most sensitive layers (beyond keep_float) until the quantized model's metric
     # on the validation slice is within this of the teacher's; None = the target profile's
@@ -40,15 +36,13 @@ class QuantizeConfig:
     accuracy_budget: float | None = None
     sensitivity_samples: int = 128
     collapse_drop: float = 0.05  # fail, without an engine, when the metric drops more than this
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.observer and self.observer not in (*OBSERVERS, AUTO):
             raise ValueError(f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}, got '{self.observer}'")
-        if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("epochs must be >= 0, batch >= 1, lr and temperature > 0")
-        if not 0 < self.val_fraction < 1 or self.keep_float < 0 or self.sensitivity_samples < 1:
-            raise ValueError("val_fraction must be in (0, 1), keep_float >= 0, sensitivity_samples >= 1")
+        if self.keep_float < 0 or self.sensitivity_samples < 1:
+            raise ValueError("keep_float must be >= 0, sensitivity_samples >= 1")
         if self.accuracy_budget is not None and not 0 <= self.accuracy_budget < 1:
             raise ValueError("accuracy_budget must be in [0, 1): a metric drop such as 0.005 (half a point)")
 
@@ -78,12 +72,8 @@ class QuantizePass(Pass):
             raise CompressError("the model has no op this target can quantize (Conv, Linear, MatMul, Add)")
         teacher = ctx.reference.module
 
-        n_val = max(1, int(data.num_calib * cfg.val_fraction))
-        gen = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(data.num_calib, generator=gen)
-        train = tuple(x[order[n_val:]] for x in data.calib)
-        val = tuple(x[order[:n_val]] for x in data.calib)
-        labels = data.calib_labels[order[n_val:]] if data.calib_labels is not None else None
+        split = split_validation(data.calib, data.calib_labels, cfg.val_fraction, cfg.seed)
+        train, val, labels, n_val = split.train, split.val, split.labels, split.val[0].shape[0]
         teacher_train = batched_outputs(teacher, train, cfg.batch)
         teacher_val = batched_outputs(teacher, val, cfg.batch)
         teacher_hold = batched_outputs(teacher, data.holdout, cfg.batch)
@@ -94,14 +84,11 @@ class QuantizePass(Pass):
 
         ctx.progress.log(f"  {len(placed.layers)} layers quantized ({scheme.name}), {folded} BatchNorm folded, "
                          f"{len(placed.float_ops)} ops stay float; observer {observer}")
-        def validation_score(model) -> tuple[float, float]:
-            # The task metric first; the distance to the teacher breaks ties (agreement saturates).
-            out = batched_outputs(model, val, cfg.batch)
-            return evaluate(out.numpy(), teacher_val.numpy(), None)["metric"], -output_error(out, teacher_val)
+        validation_score = fidelity_scorer(val, teacher_val, evaluate, cfg.batch)
 
         observer, ranges, trials = calibrate(student, train, observer, cfg.batch, ctx.progress, validation_score)
         if trials:
-            ctx.progress.log("  observer " + ", ".join(f"{k} {v[0]:.4f}" for k, v in trials.items()) + f": {observer}")
+            ctx.progress.log("  observer " + ", ".join(f"{k} {v.metric:.4f}" for k, v in trials.items()) + f": {observer}")
         sens_inputs = tuple(x[: cfg.sensitivity_samples] for x in train)
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress)
@@ -112,22 +99,9 @@ class QuantizePass(Pass):
         ptq_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: teacher {teacher_metric:.4f}, PTQ {ptq_metric:.4f}")
 
-        tap = teacher_features = None
-        if cfg.feature_weight > 0:
-            teacher_graph, _ = to_graph_module(teacher, spec)
-            teacher_tap = add_feature_tap(teacher_graph)
-            tap = add_feature_tap(student)
-            if teacher_tap is not None and tap is not None:
-                feats = []
-                with torch.no_grad():
-                    for s in range(0, train[0].shape[0], cfg.batch):
-                        teacher_graph(*(x[s:s + cfg.batch] for x in train))
-                        feats.append(teacher_tap.value)
-                teacher_features = torch.cat(feats)
-        settings = QadSettings(cfg.epochs, cfg.lr, cfg.batch, cfg.temperature, cfg.kd_weight, cfg.label_weight,
-                               cfg.feature_weight, cfg.patience, cfg.seed)
-        history = distill(student, teacher_train, train, labels, validation_score, spec.task, settings,
-                          ctx.progress, teacher_features, tap) if cfg.epochs else []
+        teacher_graph = to_graph_module(teacher, spec)[0] if cfg.feature_weight > 0 else None
+        history = quantization_aware_distill(student, teacher_train, train, labels, validation_score, spec.task, cfg,
+                                             ctx.progress, teacher_graph) if cfg.epochs else []
         qad_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: QAD {qad_metric:.4f}")
 
@@ -138,7 +112,7 @@ class QuantizePass(Pass):
             "teacher_metric": teacher_metric, "ptq_metric": ptq_metric, "qad_metric": qad_metric,
             "qad_history": history, "sensitivity": table, "calibration_samples": train[0].shape[0],
             "validation_samples": n_val, "activation_ranges": ranges,
-            "observer_trials": {k: {"val_metric": v[0], "val_output_error": -v[1]} for k, v in trials.items()},
+            "observer_trials": {k: v.as_dict() for k, v in trials.items()},
         }
         if teacher_metric - qad_metric > cfg.collapse_drop:
             error = VerificationError(
@@ -164,7 +138,7 @@ def _keep_float(student, layers, table: list[dict], cfg: QuantizeConfig, budget:
         set_layers(student, layers, everything - set(kept))
         if not budget or count == len(table):
             return kept
-        drop = teacher_val_metric - score(student)[0]
+        drop = teacher_val_metric - score(student).metric
         if drop <= budget:
             ctx.progress.log(f"  accuracy budget {budget}: validation drop {drop:.4f} "
                              f"with {count} layer(s) kept in higher precision")

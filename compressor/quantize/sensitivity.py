@@ -4,16 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..distill import batched_outputs, output_error
 from ..evaluators import Evaluator
 from ..progress import Progress
-from .calibrate import batched_outputs
 from .fakequant import OFF, QUANTIZE, fake_quants
 from .graph import Layer
-
-
-def output_error(out: torch.Tensor, teacher: torch.Tensor) -> float:
-    """Mean squared error relative to the teacher output's energy (scale-free across models)."""
-    return float(((out - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12))
 
 
 def set_layers(model: nn.Module, layers: list[Layer], enabled: set[str]) -> None:

@@ -1,0 +1,20 @@
+"""Knowledge distillation, shared by every pass that trains a student against the teacher:
+quantization-aware distillation (quantize), structured pruning, the distill pass, student search.
+
+    config   DistillConfig: the options every distilling pass accepts (a pass's Config extends it)
+    losses   temperature-scaled logit KL, normalised MSE, feature and sample-relation losses
+    fidelity how close a student is to the teacher on a validation slice (the selection measure)
+    taps     feature taps: on a captured graph (the input of the last weighted layer) or by hooks
+    split    the training data: calibration samples less a validation slice
+    loop     the training loop: epochs, early stopping on the validation score, progress, history
+"""
+from .config import DistillConfig
+from .fidelity import Fidelity, batched_outputs, fidelity_scorer, output_error
+from .losses import feature_loss, logit_kl, normalised_mse, prediction_loss, relation_loss
+from .loop import train
+from .split import TrainingData, split_validation
+from .taps import HookTaps, Tap, tap_last_weighted_input
+
+__all__ = ["DistillConfig", "Fidelity", "HookTaps", "Tap", "batched_outputs", "feature_loss", "fidelity_scorer",
+           "logit_kl", "normalised_mse", "output_error", "prediction_loss", "relation_loss",
+           "split_validation", "tap_last_weighted_input", "train", "TrainingData"]

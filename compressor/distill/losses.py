@@ -1,0 +1,51 @@
+"""Distillation losses. All are scale-free, so their weights mean the same across models."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import native
+
+
+def logit_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), batch mean (the fused native kernel
+    where it is built, PyTorch's composite otherwise)."""
+    return native.kd_loss(student, teacher, temperature)
+
+
+def normalised_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the teacher's energy: embeddings and features of any scale."""
+    return ((student - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12)
+
+
+def prediction_loss(student: torch.Tensor, teacher: torch.Tensor, task: str, cfg,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss on the model's output: logit KL for classifiers (plus label cross-entropy where
+    labels exist and `cfg.label_weight` asks for it), normalised MSE for any other output."""
+    if task != "classification":
+        return cfg.kd_weight * normalised_mse(student, teacher)
+    loss = cfg.kd_weight * logit_kl(student, teacher, cfg.temperature)
+    if labels is not None and cfg.label_weight > 0:
+        loss = loss + cfg.label_weight * F.cross_entropy(student, labels)
+    return loss
+
+
+def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean normalised MSE over matched (student, teacher) intermediate features of equal shape
+    (a pass that changes widths projects its student features first)."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"feature_loss needs matched, non-empty feature lists, got {len(student)} and {len(teacher)}")
+    return torch.stack([normalised_mse(s, t) for s, t in zip(student, teacher)]).mean()
+
+
+def sample_relations(features: torch.Tensor) -> torch.Tensor:
+    """The batch's sample-relation matrix: Gram matrix of the flattened features, rows L2-normalised.
+    Independent of the feature width, so a narrower student compares with its teacher directly."""
+    flat = features.reshape(features.shape[0], -1)
+    return F.normalize(flat @ flat.T, dim=1)
+
+
+def relation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Distance between the sample relations of student and teacher features (DisWOT's relation
+    similarity, as a loss): 0 when both order the batch's samples alike, whatever their widths."""
+    return ((sample_relations(student) - sample_relations(teacher)) ** 2).mean()

@@ -1,0 +1,160 @@
+"""compressor.distill: the losses, taps and training loop every distilling pass shares."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compressor.distill import (DistillConfig, HookTaps, batched_outputs, feature_loss, fidelity_scorer, logit_kl,
+                                normalised_mse, relation_loss, tap_last_weighted_input, train)
+from compressor.evaluators import get_evaluator
+from compressor.progress import Progress
+
+
+def test_logit_kl_is_the_temperature_scaled_kl_divergence():
+    torch.manual_seed(0)
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    expected = F.kl_div(F.log_softmax(s / 3.0, -1), F.softmax(t / 3.0, -1), reduction="batchmean") * 9.0
+    torch.testing.assert_close(logit_kl(s, t, 3.0), expected, rtol=1e-5, atol=1e-6)
+    assert float(logit_kl(t, t, 3.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_normalised_mse_does_not_depend_on_the_output_scale():
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 16), torch.randn(4, 16)
+    assert float(normalised_mse(100 * a, 100 * b)) == pytest.approx(float(normalised_mse(a, b)), rel=1e-5)
+    assert float(normalised_mse(b, b)) == 0.0
+
+
+def test_relation_loss_compares_students_of_other_widths():
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 32)
+    # a narrower student whose features are a rotation of the teacher's first components would differ
+    # in values but keeps the sample relations when it is an exact isometry of them
+    q, _ = torch.linalg.qr(torch.randn(32, 32))
+    same_relations = teacher @ q
+    assert float(relation_loss(same_relations, teacher)) == pytest.approx(0.0, abs=1e-6)
+    assert float(relation_loss(torch.randn(6, 8), teacher)) > 1e-3  # other width, other relations
+    with pytest.raises(ValueError):
+        feature_loss([teacher], [])
+
+
+class _Net(nn.Module):
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, width), nn.ReLU())
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_hook_taps_record_named_submodule_outputs():
+    net = _Net()
+    x = torch.randn(3, 8)
+    with HookTaps(net, ["body", "head"]) as taps:
+        out = net(x)
+        assert taps.values[0].shape == (3, 16)
+        torch.testing.assert_close(taps.values[1], out)
+    with pytest.raises(ValueError, match="no submodule named nope"):
+        HookTaps(net, ["nope"])
+
+
+class _Scale(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def test_graph_tap_sits_on_the_input_of_the_last_weighted_layer_and_looks_through():
+    class WithScale(_Net):
+        def __init__(self):
+            super().__init__()
+            self.scale = _Scale()
+
+        def forward(self, x):
+            return self.head(self.scale(self.body(x)))
+
+    net = WithScale().eval()
+    x = torch.randn(5, 8)
+    gm = torch.export.export(net, (x,)).module()
+    tap = tap_last_weighted_input(gm)
+    gm(x)
+    torch.testing.assert_close(tap.value, net.scale(net.body(x)))  # the head's input
+
+
+def _distill_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    teacher = _Net(32).eval()
+    student = _Net(8).eval()
+    x = torch.randn(256, 8)
+    teacher_out = batched_outputs(teacher, (x,), 64)
+    _, evaluate = get_evaluator(None, "classification")
+    score = fidelity_scorer((x[:64],), teacher_out[:64], evaluate, 64)
+
+    def loss(idx):
+        return normalised_mse(student(x[idx]), teacher_out[idx])
+
+    return student, loss, score
+
+
+def test_training_brings_the_student_closer_to_the_teacher_and_keeps_the_best_state():
+    student, loss, score = _distill_setup()
+    cfg = DistillConfig(epochs=4, lr=1e-2, batch=32, patience=4)
+    history = train(student, 256, loss, score, cfg, Progress(quiet=True))
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
+    assert history[-1]["val_output_error"] < 0.5 * history[0]["val_output_error"]
+    best = max(history, key=lambda h: (h["val_metric"], -h["val_output_error"]))
+    assert score(student).error == pytest.approx(best["val_output_error"], rel=1e-6)
+
+
+def test_a_worse_epoch_is_thrown_away():
+    student, loss, score = _distill_setup()
+    before = copy.deepcopy(student.state_dict())
+    # a learning rate this large wrecks the student in one epoch: the untrained state must survive
+    history = train(student, 256, loss, score, DistillConfig(epochs=1, lr=50.0, batch=32), Progress(quiet=True))
+    assert history[1]["val_output_error"] > history[0]["val_output_error"]
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_the_same(tmp_path):
+    cfg = DistillConfig(epochs=3, lr=1e-2, batch=32, patience=3)
+    student, loss, score = _distill_setup()
+    uninterrupted = train(student, 256, loss, score, cfg, Progress(quiet=True))
+    expected = copy.deepcopy(student.state_dict())
+
+    student, loss, score = _distill_setup()
+    calls = {"n": 0, "die_at": 8 + 3}  # 8 batches an epoch: the third batch of epoch 2
+
+    def dies_in_epoch_two(idx):
+        calls["n"] += 1
+        if calls["n"] == calls["die_at"]:
+            raise KeyboardInterrupt
+        return loss(idx)
+
+    checkpoint = tmp_path / "distill.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train(student, 256, dies_in_epoch_two, score, cfg, Progress(quiet=True), checkpoint=checkpoint)
+    assert checkpoint.is_file()
+
+    student, loss, score = _distill_setup()  # a fresh process: the same untrained student
+    calls.update(n=0, die_at=-1)
+    resumed = train(student, 256, dies_in_epoch_two, score, cfg, Progress(quiet=True), checkpoint=checkpoint)
+    assert calls["n"] == 16  # epochs 2 and 3 only
+    assert [h["epoch"] for h in resumed] == [0, 1, 2, 3]
+    for a, b in zip(resumed, uninterrupted):
+        assert a["val_output_error"] == pytest.approx(b["val_output_error"], rel=1e-5)
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+
+
+def test_distill_config_refuses_nonsense():
+    with pytest.raises(ValueError):
+        DistillConfig(epochs=-1)
+    with pytest.raises(ValueError):
+        DistillConfig(val_fraction=1.5)
+    with pytest.raises(ValueError):
+        DistillConfig(kd_weight=-1.0)
