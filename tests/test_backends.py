@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from conftest import REPO, SAMPLE_TEACHER
 
 from compressor.api import compress
-from compressor.artifacts import ENGINE, Artifact, sha256_file
+from compressor.artifacts import ENGINE, ONNX, Artifact, sha256_file
 from compressor.backends import BACKENDS, Backend, backend_for_file, get_backend, register_backend
 from compressor.cli import main
 from compressor.errors import CompressError
@@ -156,6 +156,28 @@ def test_profile_picks_the_backend_by_file_suffix(toy, tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         f"error: {bad}: unknown engine type '.xyz'; known: .onnx, .engine, .plan, .toy"]
+
+
+@pytest.mark.parametrize("backend, kind, path, meta, runtime, stand_in, timed, fp32", [
+    # the ONNX file is the onnxruntime engine, whether or not lower ran: timed for real, and a
+    # quantized one against the FP32 teacher in the same runtime
+    ("onnxruntime", ONNX, "m.onnx", {}, "onnxruntime (all optimizations)", False, True, True),
+    ("onnxruntime", ENGINE, "m.onnx", {"engine_built": True}, "onnxruntime (all optimizations)", False, True, True),
+    # a TensorRT engine built here (on the device) runs in TensorRT; else its ONNX is a host stand-in
+    ("tensorrt", ENGINE, "m.engine", {"engine_built": True, "onnx": "m.onnx"}, "tensorrt engine", False, True, False),
+    ("tensorrt", ENGINE, "m.onnx", {"engine_built": False, "onnx": "m.onnx"},
+     "onnxruntime (QDQ reference semantics)", True, True, False),
+    ("tensorrt", ONNX, "m.onnx", {}, "onnxruntime (QDQ reference semantics)", True, True, False),
+    # the C engine's host build is timed by its lower pass, not by verify
+    ("cengine", ENGINE, "cengine/model.c", {"engine_built": True}, "cengine engine", True, False, False),
+    ("cengine", ONNX, "m.onnx", {}, "onnxruntime (QDQ reference semantics)", True, True, False),
+    # a planned backend builds nothing: its ONNX is verified in the reference semantics
+    ("qnn", ONNX, "m.onnx", {}, "onnxruntime (QDQ reference semantics)", True, True, False),
+])
+def test_how_verify_runs_each_backends_artifact(backend, kind, path, meta, runtime, stand_in, timed, fp32):
+    artifact = Artifact(kind, None, "", path=Path("/nowhere") / path, meta=meta)
+    check = get_backend(backend, planned=True).verification(artifact)
+    assert (check.runtime, check.latency_stand_in, check.timed, check.fp32_baseline) == (runtime, stand_in, timed, fp32)
 
 
 def _config(tmp_path: Path) -> Path:
