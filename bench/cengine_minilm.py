@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor.backends import cengine as ce  # noqa: E402
+from compressor.backends import get_backend  # noqa: E402
 from compressor.backends.cengine.verification import ort_run, ort_session, parity  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main() -> int:
 
     with torch.no_grad():
         teacher = handle.module.eval()(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
-    engine = ce.run_engine(args.out / "engine", [ids, mask], "host")
+    engine = get_backend("cengine").runner(args.out / "engine")(ids, mask)
     ref = ort_run(ort_session(onnx_path, optimized=False), [ids, mask])
     int8 = ort_run(ort_session(onnx_path, optimized=True), [ids, mask])
     summary = {

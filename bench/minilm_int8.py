@@ -41,7 +41,7 @@ import torch  # noqa: E402
 
 from common import (build_fp32, build_row, fmt_size, graph_facts, log, log_criteria,  # noqa: E402
                     markdown_table, new_record, record_failure, run_ours, time_rows, write_record)
-from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
+from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.evaluators import cosine  # noqa: E402
 from compressor.hf import pool  # noqa: E402
@@ -162,7 +162,7 @@ def main() -> int:
                 if "error" in row:
                     raise RuntimeError(row["error"])
                 path = Path(row["path"])
-                session = OrtRunner(path, threads=1).session
+                session = get_backend("onnxruntime").runner(path, threads=1).session
                 emb = embed(session, ids, mask, token_states)
                 if key == "fp32":
                     reference = emb

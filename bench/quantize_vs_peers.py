@@ -48,7 +48,7 @@ import torch  # noqa: E402
 
 from common import (build_fp32, build_row, conv_kernel_split, fmt_size, graph_facts, log,  # noqa: E402
                     log_criteria, markdown_table, new_record, run_ours, time_rows, write_record)
-from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
+from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
 
@@ -267,7 +267,7 @@ def main() -> int:
             row["weights_stored"] = ("int8" if g["stored_int8_weight_tensors"] and not g["stored_float_weights_behind_quantizelinear"]
                                      else "float" if row["key"] == "fp32" or g["stored_float_weights_behind_quantizelinear"]
                                      else "?")
-            session = OrtRunner(path, threads=1).session
+            session = get_backend("onnxruntime").runner(path, threads=1).session
             sessions[row["key"]] = session
             logits = predict(session, hold)
             pred = logits.argmax(-1)

@@ -21,7 +21,7 @@ import transformers  # noqa: E402
 
 from compressor import compress  # noqa: E402
 from compressor.artifacts import InputSpec, TensorSpec  # noqa: E402
-from compressor.backends.onnxruntime import OrtRunner  # noqa: E402
+from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.errors import CompressError  # noqa: E402
 from compressor.evaluators import cosine, get_evaluator, retrieval_agreement  # noqa: E402
@@ -177,7 +177,7 @@ def test_minilm_engine_has_dynamic_batch_and_sequence(minilm, minilm_run):
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm), local_files_only=True)
     texts = [line for line in SENTENCES.read_text().splitlines() if len(tokenizer(line)["input_ids"]) <= 16][:5]
     assert len(texts) == 5
-    engine = OrtRunner(minilm_run.engine, threads=1)
+    engine = get_backend("onnxruntime").runner(minilm_run.engine, threads=1)
     outputs = {}
     for length in (16, 128):  # the same engine at two sequence lengths, batch 5 and batch 1
         enc = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="np")

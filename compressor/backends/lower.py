@@ -1,4 +1,5 @@
-"""The `lower` pass: the target's backend turns the QDQ ONNX into what runs on the device.
+"""The `lower` pass: the target's backend (base.Backend.lower) turns the QDQ ONNX into what runs
+on the device.
 
 The output is an engine artifact. Where the engine can be built here it is the engine file;
 where it can only be built on the device (TensorRT without `tensorrt` installed), it is the

@@ -10,6 +10,7 @@ import onnxruntime as ort
 from ..artifacts import ENGINE, Artifact
 from ..errors import CompressError
 from ..pipeline import PassResult, RunContext
+from .base import Backend
 
 
 class OrtRunner:
@@ -56,16 +57,12 @@ def run_in_chunks(fn, arrays: tuple[np.ndarray, ...], batch: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def make_runner(path: Path, threads: int | None = None) -> OrtRunner:
-    return OrtRunner(path, threads)
-
-
 INTEGER_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "QLinearAdd", "QLinearMul",
                    "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid",
                    "QLinearLeakyRelu", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 
-def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
+def lower_onnx(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
     """The ONNX file is the engine (Linears whose output stays float rewritten as integer MatMuls,
     see ort_integer_matmul); count what onnxruntime turns it into, since int8 is only fast when
     Q/DQ fuse into integer kernels (a Conv left beside a DequantizeLinear runs in float)."""
@@ -91,3 +88,30 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
                "optimized_ops": counts}
     meta = {**artifact.meta, "engine_built": True}
     return PassResult(Artifact(ENGINE, artifact.spec, artifact.fingerprint, path=engine, meta=meta), metrics)
+
+
+# onnxruntime's input types -> numpy, for example inputs
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
+
+class OnnxruntimeBackend(Backend):
+    """The ONNX file is the engine, run here with every optimization (integer kernels included)."""
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+    runs_on_host = True
+    fp32_onnx_baseline = True
+    runtime = "onnxruntime (all optimizations)"
+
+    def lower(self, artifact, ctx, workdir, config):
+        return lower_onnx(artifact, ctx, workdir, config)
+
+    def runner(self, path: Path, threads: int | None = None) -> OrtRunner:
+        return OrtRunner(path, threads)
+
+    def input_specs(self, runner: OrtRunner) -> list[tuple[tuple, np.dtype]]:
+        return [(tuple(i.shape), ORT_DTYPES.get(i.type, np.float32)) for i in runner.session.get_inputs()]
+
+
+BACKEND = OnnxruntimeBackend()

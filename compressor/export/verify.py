@@ -3,9 +3,10 @@
 Parity compares the engine with the PyTorch module it was exported from (the fake-quant student
 for quantized engines) on the held-out samples; the task metric compares the engine with the
 user's original model (the teacher); latency compares PyTorch eager with the engine, batch 1,
-single thread and all threads, side by side in one process (profile.latency). A quantized engine that runs here
-(onnxruntime) is also timed against the teacher exported to FP32 ONNX in the same runtime: what
-int8 buys over exporting the model as it is.
+single thread and all threads, side by side in one process (profile.latency). The target's backend
+says how its lowered artifact runs here and how the report labels it (Backend.verification); a
+quantized engine of a backend that asks for it (onnxruntime) is also timed against the teacher
+exported to FP32 ONNX in the same runtime: what int8 buys over exporting the model as it is.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ import torch
 
 from ..artifacts import ENGINE, ONNX, Artifact
 from ..backends import get_backend
-from ..backends.onnxruntime import OrtRunner
 from ..errors import VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
@@ -110,27 +110,8 @@ def with_teacher_cosines(p: dict[str, float], engine: np.ndarray, source: np.nda
             "teacher_cosine_module": parity(source, teacher, "")["cosine_mean"]}
 
 
-REFERENCE_RUNTIME = "onnxruntime (QDQ reference semantics)"
-HOST_RUNTIME = "onnxruntime (all optimizations)"
 LATENCY_BLOCK = 10  # multi-threaded variants are timed in blocks (see profile.latency)
-
-
-def engine_runner(artifact: Artifact, ctx: RunContext):
-    """What verification runs, and how it is described in the report.
-
-    An engine built here runs in its own backend's runner. An ONNX file for a target whose engine
-    runs elsewhere (TensorRT, QNN, the C engine) runs in onnxruntime with basic optimizations only,
-    which keeps the exact Q/DQ semantics that device engines implement; for the onnxruntime target
-    the ONNX file is the engine, so it runs with every optimization, integer kernels included.
-    """
-    on_host = ctx.target.backend == "onnxruntime"
-    if artifact.kind == ENGINE and artifact.meta.get("engine_built") and not on_host:
-        backend = get_backend(ctx.target.backend)
-        return (lambda threads: backend.make_runner(artifact.path, threads)), f"{ctx.target.backend} engine"
-    path = artifact.path if artifact.kind == ONNX or on_host else artifact.path.parent / artifact.meta["onnx"]
-    if on_host:
-        return (lambda threads: OrtRunner(path, threads)), HOST_RUNTIME
-    return (lambda threads: OrtRunner(path, threads, reference=True)), REFERENCE_RUNTIME
+FP32_BASELINE_BACKEND = "onnxruntime"  # the runtime the FP32 teacher is timed in
 
 
 def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | None]:
@@ -156,8 +137,8 @@ class VerifyPass(Pass):
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
         cfg, data, spec = self.config, ctx.data, artifact.spec
-        make_runner, runtime = engine_runner(artifact, ctx)
-        runner = make_runner(None)
+        check = get_backend(ctx.target.backend, planned=True).verification(artifact)
+        runner = check.runner(None)
         source = ctx.last_module()
         ctx.progress.log(f"  parity on {data.num_holdout} held-out samples ({data.recipe})")
         engine_out = engine_outputs(runner, data.holdout, cfg.batch, ctx.progress)
@@ -167,7 +148,7 @@ class VerifyPass(Pass):
         metric_name, evaluate = get_evaluator(cfg.metric or None, spec.task)
         precision = artifact.meta.get("precision", "fp32")
         metrics = {
-            "runtime": runtime,
+            "runtime": check.runtime,
             "precision": precision,
             "holdout_samples": data.num_holdout,
             "parity": with_teacher_cosines(parity(engine_out, source_out, spec.task), engine_out, source_out, teacher_out),
@@ -177,18 +158,18 @@ class VerifyPass(Pass):
             "labels": labels is not None,
         }
         metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
-        if not getattr(runner, "measures_own_latency", False):  # e.g. the C engine: timed in its lower pass
+        if check.timed:  # not the C engine: it is timed in its lower pass
             baseline = None
-            if precision != "fp32" and runtime == HOST_RUNTIME:
+            if precision != "fp32" and check.fp32_baseline:
                 baseline, why = fp32_baseline(ctx, workdir)
                 if why:
                     metrics["fp32_onnx_baseline_error"] = why
                     ctx.progress.log(f"  no FP32 onnxruntime baseline for the latency (the teacher did not export: {why})")
-            metrics["latency"] = self._latency(ctx, make_runner, baseline)
+            metrics["latency"] = self._latency(ctx, check.runner, baseline)
             if baseline is not None:
                 baseline.unlink()  # the teacher's size again: only its timing is kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
-            metrics["latency_stand_in"] = runtime == REFERENCE_RUNTIME
+            metrics["latency_stand_in"] = check.latency_stand_in
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
@@ -210,7 +191,7 @@ class VerifyPass(Pass):
             engine = make_runner(threads)
             calls = {"pytorch": lambda: teacher(*sample), "engine": lambda: engine(*arrays)}
             if fp32_onnx is not None:
-                fp32 = OrtRunner(fp32_onnx, threads)
+                fp32 = get_backend(FP32_BASELINE_BACKEND).runner(fp32_onnx, threads)
                 calls["fp32_onnx"] = lambda: fp32(*arrays)
             torch.set_num_threads(threads)
             try:

@@ -1,7 +1,8 @@
 """`compress profile ENGINE`: latency of an engine file with its own runtime, on this machine.
 
-ONNX files run in onnxruntime (with an optional per-node breakdown from onnxruntime's profiler);
-TensorRT engines (.engine/.plan) run in TensorRT, so on the device they were built for.
+The backend whose runner opens the file's suffix runs it (ONNX files in onnxruntime, TensorRT
+engines .engine/.plan in TensorRT, so on the device they were built for); ONNX files also have an
+optional per-node breakdown from onnxruntime's profiler.
 """
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import backend_for_file
 from ..errors import CompressError
 from ..progress import Progress
 from .latency import measure
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
 _DYNAMIC_SIZES = {"batch": 1, "sequence": 128}
 
 
@@ -29,36 +29,13 @@ def _example(shape, dtype) -> np.ndarray:
     return np.ones(concrete, dtype=dtype)
 
 
-def _onnx(path: Path, threads: int):
-    from ..backends.onnxruntime import OrtRunner
-
-    runner = OrtRunner(path, threads)
-    arrays = [_example(i.shape, _ORT_DTYPES.get(i.type, np.float32)) for i in runner.session.get_inputs()]
-    return runner, arrays
-
-
-def _tensorrt(path: Path, threads: int):
-    from ..backends.tensorrt import TrtRunner
-
-    runner = TrtRunner(path)
-    arrays = []
-    for name in runner.inputs:
-        shapes = runner.shape_range(name)
-        shape = shapes[1] if shapes else tuple(runner.engine.get_tensor_shape(name))
-        arrays.append(_example(shape, runner.dtypes[name]))
-    return runner, arrays
-
-
-RUNTIMES = {".onnx": _onnx, ".engine": _tensorrt, ".plan": _tensorrt}
-
-
 def profile_engine(path: Path, runs: int = 200, warmup: int = 20, threads: int = 1,
                    progress: Progress | None = None) -> dict:
     if not path.is_file():
         raise CompressError(f"{path}: file not found")
-    if path.suffix not in RUNTIMES:
-        raise CompressError(f"{path}: unknown engine type '{path.suffix}'; known: {', '.join(RUNTIMES)}")
-    runner, arrays = RUNTIMES[path.suffix](path, threads)
+    backend = backend_for_file(path)
+    runner = backend.runner(path, threads)
+    arrays = [_example(shape, dtype) for shape, dtype in backend.input_specs(runner)]
     timing = measure({"engine": lambda: runner(*arrays)}, runs=runs, warmup=warmup, progress=progress)["engine"]
     return {"engine": str(path), "threads": threads, "input_shapes": [list(a.shape) for a in arrays], **timing}
 
@@ -67,13 +44,15 @@ def per_node(path: Path, runs: int = 50, threads: int = 1) -> list[dict]:
     """onnxruntime's profiler: mean time per node over `runs`, slowest first."""
     import onnxruntime as ort
 
+    from ..backends.onnxruntime import ORT_DTYPES
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {i.name: _example(i.shape, _ORT_DTYPES.get(i.type, np.float32)) for i in session.get_inputs()}
+        feeds = {i.name: _example(i.shape, ORT_DTYPES.get(i.type, np.float32)) for i in session.get_inputs()}
         for _ in range(runs):
             session.run(None, feeds)
         events = json.loads(Path(session.end_profiling()).read_text())

@@ -1,15 +1,14 @@
 """The C engine backend as the pipeline sees it: `lower` generates, cross-builds and verifies the
-engine (host, rv64gc, rv64gcv under qemu); `make_runner` runs the host build for `verify`."""
+engine (host, rv64gc, rv64gcv under qemu) and times the host build; its runner runs the host build
+for `verify`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from ...artifacts import ENGINE, Artifact, sha256_file
 from ...errors import CompressError, VerificationError
 from ...pipeline import PassResult, RunContext
+from ..base import Backend
 from . import generate, verify
 from .toolchain import EngineRunner, require_tools
 
@@ -66,16 +65,24 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     return PassResult(Artifact(ENGINE, artifact.spec, sha256_file(path), path=path, meta=meta), metrics)
 
 
-@dataclass
-class _HostRunner:
-    """Runs the engine's host build; each call is a process, so `verify` leaves timing to `lower`."""
+class CEngineBackend(Backend):
+    name = "cengine"
+    # a RISC-V board's engine: the host build that verify runs stands in for it
+    runs_on_host = False
+    # The runner starts a process per call, which would time the process, not the engine: `lower`
+    # times the host build in C (toolchain.host_latency_ns) against onnxruntime int8 instead.
+    times_itself = True
 
-    engine: EngineRunner
-    measures_own_latency = True
+    def preflight(self, target) -> None:
+        preflight(target)
 
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        return self.engine(*arrays)
+    def lower(self, artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
+        return lower(artifact, ctx, workdir, config)
+
+    def runner(self, path: Path, threads: int | None = None) -> EngineRunner:
+        """The host build of the engine whose model.c (or directory) is `path`."""
+        path = Path(path)
+        return EngineRunner(path if path.is_dir() else path.parent, threads)
 
 
-def make_runner(path: Path, threads: int | None = None) -> _HostRunner:
-    return _HostRunner(EngineRunner(Path(path).parent, threads))
+BACKEND = CEngineBackend()

@@ -1,10 +1,14 @@
-"""The TensorRT backend as the pipeline sees it: `lower` for the lower pass, `make_runner` for verify."""
+"""The TensorRT backend as the pipeline sees it: `lower` lints, fixes and (where TensorRT imports)
+builds the engine; its runner runs a built .engine/.plan for verify and `compress profile`."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ...artifacts import ENGINE, Artifact, sha256_file
 from ...pipeline import PassResult, RunContext
+from ..base import Backend
 from .lowering import lower_onnx
 from .runner import TrtRunner
 
@@ -26,5 +30,26 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     return PassResult(Artifact(ENGINE, artifact.spec, sha256_file(path), path=path, meta=meta), metrics)
 
 
-def make_runner(path: Path, threads: int | None = None) -> TrtRunner:
-    return TrtRunner(path)
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    suffixes = (".engine", ".plan")
+    # TensorRT builds an engine only where it runs (the Jetson): one built here is timed for real
+    runs_on_host = True
+
+    def lower(self, artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
+        return lower(artifact, ctx, workdir, config)
+
+    def runner(self, path: Path, threads: int | None = None) -> TrtRunner:
+        return TrtRunner(path)
+
+    def input_specs(self, runner: TrtRunner) -> list[tuple[tuple, np.dtype]]:
+        """A dynamic input at its optimization profile's `opt` shape."""
+        specs = []
+        for name in runner.inputs:
+            shapes = runner.shape_range(name)
+            shape = shapes[1] if shapes else tuple(runner.engine.get_tensor_shape(name))
+            specs.append((tuple(shape), runner.dtypes[name]))
+        return specs
+
+
+BACKEND = TensorRTBackend()
