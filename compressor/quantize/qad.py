@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import native
+from ..capture import op_kind
 from ..model_io import first_output
 from ..progress import Progress
 from .fakequant import FakeQuant
-from .graph import op_kind
 from .scheme import WEIGHTED
 
 

@@ -8,13 +8,14 @@ import torch
 
 from .. import native
 from ..artifacts import MODULE, Artifact
+from ..capture import to_graph_module
 from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter
-from ..pipeline import Pass, PassResult, RunContext, register
+from ..passes import Pass, PassResult, RunContext, register
 from .calibrate import AUTO, batched_outputs, calibrate
 from .fakequant import fake_quants
-from .graph import fold_batchnorm, insert_fake_quants, to_graph_module
+from .graph import fold_batchnorm, insert_fake_quants
 from .observers import OBSERVERS
 from .qad import QadSettings, add_feature_tap, distill
 from .scheme import QuantScheme
