@@ -44,6 +44,8 @@ DATA_MOVEMENT = {
 
 
 def op_kind(node: fx.Node) -> str | None:
+    """What an aten call computes (a value of OP_KINDS, or "other"); None for data movement and
+    anything that is not an aten op call (placeholders, getitem, submodules)."""
     if node.op != "call_function":
         return None
     if node.target in OP_KINDS:

@@ -1,4 +1,4 @@
-"""QuantizeLinear / DequantizeLinear, requantization, and Relu/Clip on int8 values (a clamp)."""
+"""QuantizeLinear / DequantizeLinear, requantization, and Relu/Clip (a clamp, on int8 or float values)."""
 
 from __future__ import annotations
 

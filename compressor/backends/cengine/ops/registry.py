@@ -6,14 +6,11 @@ from typing import TYPE_CHECKING, Callable
 
 import onnx
 
-
 if TYPE_CHECKING:
     from ..lower import Lowering
 
 
 HANDLERS: dict[str, Callable[[Lowering, onnx.NodeProto], None]] = {}
-
-
 # tried, in order, on every node before its handler; a fusion returns True when it lowered the node
 # (and claimed the nodes it fused with)
 FUSIONS: list[Callable[[Lowering, onnx.NodeProto], bool]] = []
