@@ -1,5 +1,5 @@
 """Edge model compression: one command from a trained PyTorch model to a verified engine."""
-__version__ = "0.1.0"
+from .version import __version__
 
 from .api import Result, compress  # noqa: E402
 

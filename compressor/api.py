@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from . import __version__
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
@@ -21,6 +20,7 @@ from .progress import Progress
 from .report import library_versions, summary_table, write_reports
 from .targets import TargetProfile, load_target
 from .tomlfile import get, read_toml
+from .version import __version__
 
 RUN_MARKER = "run.json"
 

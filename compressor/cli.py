@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
 from .errors import CompressError
 from .progress import Progress
+from .version import __version__
 
 
 class DefaultToRun(click.Group):

@@ -479,8 +479,8 @@ def test_switch_reference_forced(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("native path used")
 
-    monkeypatch.setattr(native, "_lsq_native", boom)
-    monkeypatch.setattr(native, "_kd_native", boom)
+    monkeypatch.setattr(native.lsq, "_lsq_native", boom)
+    monkeypatch.setattr(native.kd, "_kd_native", boom)
     native.lsq_fake_quant(torch.randn(3, 4), torch.tensor([0.1]), -128, 127)
     native.kd_loss(torch.randn(3, 4), torch.randn(3, 4))
 
@@ -508,7 +508,7 @@ def test_switch_env_var_native(monkeypatch):
 
 def test_auto_falls_back_on_build_failure(monkeypatch):
     """A failed build: auto warns once and uses the reference; native raises a clear error."""
-    monkeypatch.setattr(native, "_state", dict(native._state, attempted=True, built=False,
+    monkeypatch.setattr(native.build, "_state", dict(native.build._state, attempted=True, built=False,
                                                 error="RuntimeError: Error building extension\nc++: not found",
                                                 warned=False))
     native.set_backend("auto")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import ENGINE, ONNX, Artifact
-from ..pipeline import Pass, PassResult, RunContext, register
+from ..passes import Pass, PassResult, RunContext, register
 from . import get_backend
 
 

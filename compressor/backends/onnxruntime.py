@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from ..artifacts import ENGINE, Artifact
 from ..errors import CompressError
-from ..pipeline import PassResult, RunContext
+from ..passes import PassResult, RunContext
 from .base import Backend
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import fx, nn
 
-from ..quantize.graph import op_kind  # MERGE: -> ..capture
+from ..capture import op_kind
 
 WEIGHTED_KINDS = frozenset({"conv", "linear"})
 

@@ -5,16 +5,17 @@ import contextlib
 import io
 import logging
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import torch
 
-from ..artifacts import MODULE, ONNX, Artifact, InputSpec, TensorSpec, sha256_file
+from ..artifacts import MODULE, ONNX, Artifact, InputSpec, sha256_file
+from ..capture import dynamic_shapes, reads_dynamic_sizes, static_spec  # noqa: F401 - re-exported
 from ..errors import CompressError, first_line
 from ..model_io import StaticBatchAdapter, example_inputs
-from ..pipeline import Pass, PassResult, RunContext, register
+from ..passes import Pass, PassResult, RunContext, register
 
 MIN_OPSET = 17
 
@@ -60,28 +61,6 @@ def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int
         raise CompressError(f"the exported ONNX graph is invalid: {str(e).splitlines()[0]}") from None
     onnx.save(model, str(path))
     return exporters[len(errors)].__name__.strip("_")
-
-
-def dynamic_shapes(spec: InputSpec):
-    dims: dict[str, torch.export.Dim] = {}
-    shapes = []
-    for t in spec.inputs:
-        axes = {}
-        for axis, d in enumerate(t.shape):
-            if isinstance(d, str) and not (axis == 0 and spec.static_batch):
-                limit = spec.max_sequence if d == "sequence" and spec.max_sequence else 65536
-                axes[axis] = dims.setdefault(d, torch.export.Dim(d, min=1, max=limit))
-        shapes.append(axes or None)
-    return tuple(shapes)
-
-
-def static_spec(spec: InputSpec, calib: tuple) -> InputSpec:
-    """Batch 1, and every other dynamic dimension at its size in the calibration data (a text
-    recipe pads to its max_length): the shapes the engine was calibrated and verified at."""
-    inputs = tuple(TensorSpec(t.name, tuple(d if isinstance(d, int) or axis == 0 else int(x.shape[axis])
-                                            for axis, d in enumerate(t.shape)), t.dtype)
-                   for t, x in zip(spec.inputs, calib))
-    return replace(spec, inputs=inputs, static_batch=1)
 
 
 def _dynamo(module, args, spec: InputSpec, path: Path, opset: int) -> None:
@@ -154,8 +133,6 @@ class ExportPass(Pass):
             from ..quantize import qdq
             from ..quantize.fakequant import export_mode
             from ..quantize.scheme import QuantScheme
-
-            from ..quantize.graph import reads_dynamic_sizes
 
             if reads_dynamic_sizes(artifact.module):
                 spec = static_spec(spec, ctx.data.calib)

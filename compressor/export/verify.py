@@ -22,7 +22,7 @@ from ..backends import get_backend
 from ..errors import VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
-from ..pipeline import Pass, PassResult, RunContext, register
+from ..passes import Pass, PassResult, RunContext, register
 from ..profile.latency import measure
 
 # Quantized engines differ from their fake-quant module by rounding at a few boundaries.

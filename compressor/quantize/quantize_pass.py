@@ -4,18 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from .. import native
 from ..artifacts import MODULE, Artifact
+from ..capture import to_graph_module
 from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
-from ..model_io import StaticBatchAdapter
-from ..pipeline import Pass, PassResult, RunContext, register
 from ..distill import DistillConfig, batched_outputs, fidelity_scorer, split_validation
+from ..model_io import StaticBatchAdapter
+from ..passes import Pass, PassResult, RunContext, register
 from .calibrate import AUTO, calibrate
 from .fakequant import fake_quants
-from .graph import fold_batchnorm, insert_fake_quants, to_graph_module
+from .graph import fold_batchnorm, insert_fake_quants
 from .observers import OBSERVERS
 from .qad import quantization_aware_distill
 from .scheme import QuantScheme

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...artifacts import ENGINE, Artifact, sha256_file
 from ...errors import CompressError, VerificationError
-from ...pipeline import PassResult, RunContext
+from ...passes import PassResult, RunContext
 from ..base import Backend
 from . import generate, verify
 from .toolchain import EngineRunner, require_tools

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .ir import EmitContext, Graph
-from .lower import flt
 from .memplan import Plan
+from .values import flt
 
 KERNEL_FILES = ["cengine.h", "ce_internal.h", "ce_gemm.c", "ce_conv.c", "ce_eltwise.c", "ce_pool.c",
                 "ce_layout.c", "ce_float.c", "ce_x86.c"]

@@ -1,17 +1,11 @@
 """Lowering: a QDQ ONNX graph -> the engine IR (`ir.Graph`).
 
-Every ONNX tensor name is bound to a *value*:
+Every ONNX tensor name is bound to a *value* (`values.py`): `QV` (an int8 buffer that is exactly
+a float tensor), `FV` (float32), `TV` (integer or boolean), `WV` (a quantized initializer) or `CV`
+(a constant).
 
-* `QV(buf)`: a float tensor that equals ``(buf - buf.zp) * buf.scale`` exactly, for an int8
-  buffer: the output of a DequantizeLinear of an activation, or a view of one (Reshape, MaxPool
-  and friends move int8 values without changing them);
-* `FV(buf)`: a float32 buffer (graph input, Softmax/LayerNorm/GELU results, ...);
-* `TV(buf)`: an integer or boolean tensor (int64 token ids and attention masks, bool masks);
-* `WV`: an integer initializer behind a DequantizeLinear (weights, int32 bias);
-* `CV`: a constant (initializers, Constant nodes, folded shape arithmetic).
-
-Nodes are visited in topological order and dispatched through the handler registry in
-`ops.py`. A compute node whose result is not exactly representable (Conv, Gemm, Add, pools)
+Nodes are visited in topological order and dispatched through the handler registry of the `ops`
+package (one module per op family). A compute node whose result is not exactly representable (Conv, Gemm, Add, pools)
 looks ahead for the QuantizeLinear that consumes its output (optionally through a Relu/Clip,
 which becomes the clamp range of the requantization): that is the DQ -> op -> Q pattern, and the
 Q (and the activation) are fused into the kernel. A QuantizeLinear of a float value becomes a
@@ -21,230 +15,27 @@ op runs in float on dequantized inputs: the float32 arithmetic of onnxruntime's 
 Fusions (`ops.FUSIONS`) are tried on every node before its handler: they may claim a group of
 nodes (e.g. an element-wise chain between a DequantizeLinear and a QuantizeLinear -> a table).
 
-Shapes are static: the batch (the first dimension of every input) is 1 and every other symbolic
-input dimension takes its value from `dims` (by name, e.g. {"sequence": 128}) or DEFAULT_DIM.
+Shapes are static (`prepare.py`): the batch is 1 and every other symbolic input dimension takes
+its value from `dims` (by name, e.g. {"sequence": 128}) or DEFAULT_DIM.
 """
 
 from __future__ import annotations
-
-import re
-from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from compressor.errors import CompressError, first_line
+from compressor.errors import CompressError
 
 from .fixedpoint import quantize_value
 from .ir import TYPE_CODE, Buf, Graph, Op
-
-
-VIEW_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout")
-# ops that commute with QuantizeLinear (they move or select values): a Q after them can be
-# applied before them instead
-COMMUTING_OPS = VIEW_OPS + ("Transpose", "MaxPool")
-
-
-class Unsupported(Exception):
-    """The node cannot be lowered; the message says why."""
-
-
-# ---- values -------------------------------------------------------------------------------
-@dataclass(eq=False)
-class QV:
-    buf: Buf
-
-
-@dataclass(eq=False)
-class FV:
-    buf: Buf
-
-
-@dataclass(eq=False)
-class TV:
-    buf: Buf
-
-
-@dataclass(eq=False)
-class WV:
-    q: np.ndarray  # integer values (int8 weights or int32 bias)
-    scale: np.ndarray  # float64, shape () or (n,)
-    zp: np.ndarray
-    axis: int
-
-    def dequant(self) -> np.ndarray:
-        q = self.q.astype(np.float64)
-        if self.scale.ndim == 0 or self.scale.size == 1:
-            return ((q - self.zp.reshape(-1)[0]) * self.scale.reshape(-1)[0]).astype(np.float32)
-        shp = [1] * q.ndim
-        shp[self.axis] = -1
-        return ((q - self.zp.reshape(shp)) * self.scale.reshape(shp)).astype(np.float32)
-
-
-@dataclass(eq=False)
-class CV:
-    arr: np.ndarray
-
-
-@dataclass
-class Sink:
-    """Where a fused op writes: the int8 quantization of its consumer Q (and activation clamp)."""
-
-    scale: float
-    zp: int
-    lo: int
-    hi: int
-    names: list[str]  # ONNX names bound to the int8 result
-    consumed: list[onnx.NodeProto] = field(default_factory=list)
-    shape: tuple[int, ...] | None = None  # shape at the Q when shape-only ops sit before it
-
-
-def c_ident(name: str) -> str:
-    s = re.sub(r"[^0-9A-Za-z_]", "_", name).strip("_") or "t"
-    return s if not s[0].isdigit() else "t" + s
-
-
-# ---- model preparation --------------------------------------------------------------------
-DEFAULT_DIM = 128  # a symbolic input dimension other than the batch (e.g. the sequence length)
-
-
-def resolve_dims(model: onnx.ModelProto, dims: dict[str, int] | None = None) -> dict[str, int]:
-    """Value of every symbolic input dimension: the batch (axis 0) is 1, others from `dims` by name
-    (or DEFAULT_DIM). Unnamed dimensions get keys like 'input_ids:1'."""
-    dims = {str(k): int(v) for k, v in (dims or {}).items()}
-    inits = {i.name for i in model.graph.initializer}
-    out: dict[str, int] = {}
-    for vi in model.graph.input:
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_value") and d.dim_value > 0:
-                continue
-            key = d.dim_param or f"{vi.name}:{axis}"
-            if key in out:
-                continue
-            out[key] = dims.get(key, 1 if axis == 0 else DEFAULT_DIM)
-            if out[key] < 1:
-                raise CompressError(f"dimension '{key}' must be at least 1, got {out[key]}")
-    return out
-
-
-def prepare_model(model: onnx.ModelProto, dims: dict[str, int] | None = None,
-                  notes: list[str] | None = None) -> onnx.ModelProto:
-    """Copy, fix the symbolic input dimensions (`resolve_dims`), infer all shapes (`notes` gets
-    why onnxruntime could not run the model at those shapes, if it could not)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    values = resolve_dims(m, dims)
-    inits = {i.name for i in m.graph.initializer}
-    for vi in list(m.graph.input) + list(m.graph.output):
-        if vi.name in inits or not vi.type.HasField("tensor_type"):
-            continue
-        is_input = any(vi is i for i in m.graph.input)
-        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
-            if not d.HasField("dim_value") or d.dim_value <= 0:
-                key = d.dim_param or f"{vi.name}:{axis}"
-                if key in values or is_input or axis == 0:
-                    v = values.get(key, 1)
-                    d.Clear()
-                    d.dim_value = v
-                else:  # an output dimension no input names: left to shape inference
-                    d.Clear()
-    del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - report as a user error
-        raise CompressError(f"ONNX shape inference failed: {e}") from e
-    _forget_shapes_after_ceil_pools(m)
-    why = _fill_shapes_with_onnxruntime(m)
-    if why and notes is not None:
-        notes.append(why)
-    return m
-
-
-CEIL_POOLS = ("MaxPool", "AveragePool", "LpPool")
-
-
-def _forget_shapes_after_ceil_pools(m: onnx.ModelProto) -> None:
-    """Before opset 22, ONNX shape inference keeps a ceil_mode pool's last window where it would
-    start past the input and its top/left pad; onnxruntime (and our kernels) drop it. Forget the
-    inferred shapes from such a pool on, so onnxruntime's take their place."""
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 22)
-    if opset >= 22:
-        return
-    stale = {o for n in m.graph.node if n.op_type in CEIL_POOLS and _attr(n, "ceil_mode", 0) for o in n.output}
-    if not stale:
-        return
-    for n in m.graph.node:  # topological order: a node reading a stale tensor makes its outputs stale
-        if any(i in stale for i in n.input):
-            stale.update(n.output)
-    keep = [vi for vi in m.graph.value_info if vi.name not in stale]
-    del m.graph.value_info[:]
-    m.graph.value_info.extend(keep)
-    for vi in m.graph.output:
-        if vi.name in stale:
-            vi.type.tensor_type.ClearField("shape")
-
-
-def _run_at_static_shapes(m: onnx.ModelProto, outputs: list[str]):
-    """Run the (shape-fixed) model once with onnxruntime on zero inputs, fetching `outputs`:
-    (arrays, None), or (None, why it failed)."""
-    try:
-        import onnxruntime as ort
-        from onnx import helper
-
-        probe = onnx.ModelProto()
-        probe.CopyFrom(m)
-        del probe.graph.output[:]
-        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in outputs)
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        inits = {i.name for i in m.graph.initializer}
-        feeds = {}
-        for vi in m.graph.input:
-            if vi.name in inits:
-                continue
-            t = vi.type.tensor_type
-            dt = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-            feeds[vi.name] = np.zeros([d.dim_value for d in t.shape.dim], dt)
-        return sess.run(None, feeds), None
-    except Exception as e:  # noqa: BLE001 - reported by the caller
-        return None, first_line(e)
-
-
-def _fill_shapes_with_onnxruntime(m: onnx.ModelProto) -> str | None:
-    """Shapes ONNX inference could not resolve (shape arithmetic, Expand, Where, ...): run the
-    model once with onnxruntime on zero inputs and read every intermediate tensor's shape.
-    Returns why that failed (None when it ran or was not needed)."""
-    known = {vi.name for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)
-             if vi.type.tensor_type.HasField("shape")
-             and all(d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim)}
-    known |= {i.name for i in m.graph.initializer}
-    missing = [o for n in m.graph.node for o in n.output if o and o not in known]
-    if not missing:
-        return None
-    outs, why = _run_at_static_shapes(m, missing)
-    if outs is None:
-        return why
-    for name, arr in zip(missing, outs):
-        arr = np.asarray(arr)
-        m.graph.value_info.append(onnx.helper.make_tensor_value_info(
-            name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), list(arr.shape)))
-    return None
-
+from .ops import FUSIONS, HANDLERS, fold_constant
+from .prepare import DEFAULT_DIM, prepare_model, resolve_dims, run_at_static_shapes
+from .values import (COMMUTING_OPS, CV, FV, QV, TV, VIEW_OPS, WV, Sink, Unsupported, c_ident, flt,  # noqa: F401
+                     node_attr)
 
 INPUT_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.INT8: "i8", onnx.TensorProto.INT64: "i64",
                onnx.TensorProto.INT32: "i32", onnx.TensorProto.BOOL: "u8"}
-
-
-def _attr(node: onnx.NodeProto, name: str, default=None):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 # ---- the lowering pass --------------------------------------------------------------------
@@ -479,8 +270,8 @@ class Lowering:
         return float(s.reshape(-1)[0]), int(z.reshape(-1)[0])
 
     def _clip_range(self, node: onnx.NodeProto) -> tuple[float | None, float | None]:
-        lo = _attr(node, "min")
-        hi = _attr(node, "max")
+        lo = node_attr(node, "min")
+        hi = node_attr(node, "max")
         if len(node.input) > 1 and node.input[1]:
             lo = float(self.const(node.input[1]).reshape(-1)[0])
         if len(node.input) > 2 and node.input[2]:
@@ -489,8 +280,6 @@ class Lowering:
 
     # -- driver --
     def run(self) -> Graph:
-        from .ops import FUSIONS, HANDLERS, fold_constant
-
         g = self.model.graph
         ins = [i for i in g.input if i.name not in self.inits]
         for name, arr in self.inits.items():
@@ -542,7 +331,7 @@ class Lowering:
                     self.errors.append((node.op_type, node.name or node.output[0], why))
                 self._poison(node)
         if self.errors and not self.shape_notes:  # does the model run at these shapes at all?
-            _, why = _run_at_static_shapes(self.model, [o.name for o in self.model.graph.output])
+            _, why = run_at_static_shapes(self.model, [o.name for o in self.model.graph.output])
             self.shape_notes += [why] if why else []
         if self.errors and self.shape_notes:
             self.structure_errors.append(
@@ -616,10 +405,3 @@ class Lowering:
         else:
             raise CompressError(f"graph output '{name}' is a constant")
 
-
-def flt(x: float) -> str:
-    """An exact C float literal."""
-    f = float(np.float32(x))
-    if np.isinf(f):
-        return "INFINITY" if f > 0 else "-INFINITY"
-    return f"{f.hex()}f" if f != 0 else "0.0f"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...artifacts import ENGINE, Artifact, sha256_file
-from ...pipeline import PassResult, RunContext
+from ...passes import PassResult, RunContext
 from ..base import Backend
 from .lowering import lower_onnx
 from .runner import TrtRunner

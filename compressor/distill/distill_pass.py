@@ -1,0 +1,95 @@
+"""The `distill` pass: knowledge-distillation fine-tune of the incoming student module towards the
+run's teacher (the model as loaded), on the calibration samples less a validation slice.
+
+The student is any module: a pruned network, a searched architecture, or the teacher itself
+(self-distillation after an earlier pass changed it). It is trained in aten graph form, as the
+quantize pass trains, so the same feature tap finds the input of the last weighted layer in
+teacher and student. The feature loss is normalised MSE where the two features have one shape,
+else the width-independent sample-relation loss (a narrower student cannot match values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..artifacts import MODULE, Artifact
+from ..capture import to_graph_module
+from ..errors import CompressError
+from ..evaluators import get_evaluator
+from ..model_io import StaticBatchAdapter, first_output
+from ..passes import Pass, PassResult, RunContext, register
+from .config import DistillConfig
+from .fidelity import batched_outputs, fidelity_scorer
+from .losses import feature_loss, prediction_loss, relation_loss
+from .loop import train
+from .split import split_validation
+from .taps import tap_last_weighted_input
+
+
+@dataclass
+class DistillPassConfig(DistillConfig):
+    epochs: int = 3
+    lr: float = 1e-4
+
+
+def _features(graph, inputs: tuple[torch.Tensor, ...], batch: int):
+    tap = tap_last_weighted_input(graph)
+    if tap is None:
+        return None
+    feats = []
+    with torch.no_grad():
+        for s in range(0, inputs[0].shape[0], batch):
+            graph(*(x[s:s + batch] for x in inputs))
+            feats.append(tap.value)
+    return torch.cat(feats)
+
+
+@register
+class DistillPass(Pass):
+    name = "distill"
+    takes = (MODULE,)
+    returns = MODULE
+    needs_calibration = True
+    Config = DistillPassConfig
+
+    def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
+        cfg, spec = self.config, artifact.spec
+        data = split_validation(ctx.data.calib, ctx.data.calib_labels, cfg.val_fraction, cfg.seed)
+        if data.samples < cfg.batch:
+            raise CompressError(f"calibration recipe '{ctx.data.recipe}' leaves {data.samples} training samples, "
+                                f"fewer than one batch ({cfg.batch}); add samples or set distill.batch lower")
+        metric_name, evaluate = get_evaluator(None, spec.task)
+        teacher = ctx.reference.module
+        student, static = to_graph_module(artifact.module, spec)
+        teacher_train = batched_outputs(teacher, data.train, cfg.batch)
+        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
+
+        tap = feats = None
+        if cfg.feature_weight > 0:
+            feats = _features(to_graph_module(teacher, spec)[0], data.train, cfg.batch)
+            tap = tap_last_weighted_input(student) if feats is not None else None
+        same_shape: list[bool] = []
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            out = first_output(student(*(x[idx] for x in data.train)))
+            labels = data.labels[idx] if data.labels is not None else None
+            value = prediction_loss(out, teacher_train[idx], spec.task, cfg, labels)
+            if tap is not None:
+                if not same_shape:
+                    same_shape.append(tap.value.shape[1:] == feats.shape[1:])
+                match = feature_loss if same_shape[0] else lambda s, t: relation_loss(s[0], t[0])
+                value = value + cfg.feature_weight * match([tap.value], [feats[idx]])
+            return value
+
+        before = score(student)
+        history = train(student, data.samples, loss, score, cfg, ctx.progress, label="distill") if cfg.epochs else []
+        after = score(student)
+        ctx.progress.log(f"  {metric_name} vs teacher on the validation slice: {before.metric:.4f} -> {after.metric:.4f}")
+        metrics = {"metric_name": metric_name, "training_samples": data.samples, "validation_samples": data.val[0].shape[0],
+                   "before": before.as_dict(), "after": after.as_dict(), "history": history,
+                   "feature_loss": ("none" if tap is None else "normalised_mse" if same_shape[:1] == [True] else
+                                    "sample_relations")}
+        module = StaticBatchAdapter(student, static) if static else student
+        return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=dict(artifact.meta)), metrics)
