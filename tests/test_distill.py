@@ -158,3 +158,49 @@ def test_distill_config_refuses_nonsense():
         DistillConfig(val_fraction=1.5)
     with pytest.raises(ValueError):
         DistillConfig(kd_weight=-1.0)
+
+
+def _pass_context(tmp_path, teacher, x, labels=None):
+    from compressor.artifacts import MODULE, Artifact, InputSpec, TensorSpec
+    from compressor.calibration import CalibrationData
+    from compressor.passes import RunContext
+    from compressor.targets import load_target
+
+    spec = InputSpec(inputs=(TensorSpec("x", ("batch", 8)),), task="classification")
+    data = CalibrationData(recipe="test", calib=(x[:400],), holdout=(x[400:],), holdout_labels=None,
+                           fingerprint="test", extras={}, calib_labels=labels)
+    reference = Artifact(MODULE, spec, "teacher", module=teacher)
+    ctx = RunContext(target=load_target("x86-cpu"), data=data, reference=reference, run_dir=tmp_path,
+                     progress=Progress(quiet=True))
+    return ctx, spec
+
+
+@pytest.mark.parametrize("feature_weight", [0.0, 1.0])
+def test_distill_pass_brings_any_student_to_the_teacher(tmp_path, feature_weight):
+    from compressor.artifacts import MODULE, Artifact
+    from compressor.distill.distill_pass import DistillPass, DistillPassConfig
+
+    torch.manual_seed(0)
+    teacher = _Net(32).eval()
+    student = _Net(8).eval()  # another architecture: a narrower hidden layer
+    x = torch.randn(500, 8)
+    ctx, spec = _pass_context(tmp_path, teacher, x)
+    config = DistillPassConfig(epochs=4, lr=1e-2, batch=32, patience=4, feature_weight=feature_weight)
+    result = DistillPass(config).run(Artifact(MODULE, spec, "student", module=student), ctx, tmp_path)
+    m = result.metrics
+    assert m["after"]["val_output_error"] < 0.5 * m["before"]["val_output_error"]
+    assert m["feature_loss"] == ("none" if feature_weight == 0 else "sample_relations")  # widths differ
+    out = result.artifact.module(x[:4])  # an ordinary module: runs, and is no longer the input
+    assert out.shape == (4, 4)
+    assert m["training_samples"] + m["validation_samples"] == 400  # the held-out part never trains
+
+
+def test_distill_pass_refuses_too_little_data(tmp_path):
+    from compressor.artifacts import MODULE, Artifact
+    from compressor.distill.distill_pass import DistillPass, DistillPassConfig
+    from compressor.errors import CompressError
+
+    teacher = _Net(8).eval()
+    ctx, spec = _pass_context(tmp_path, teacher, torch.randn(500, 8))
+    with pytest.raises(CompressError, match="fewer than one batch"):
+        DistillPass(DistillPassConfig(batch=512)).run(Artifact(MODULE, spec, "s", module=_Net(8)), ctx, tmp_path)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..artifacts import ENGINE, ONNX, Artifact
 from ..errors import CompressError
+from .ort_runner import OrtRunner
 
 # What verification reports for an ONNX file run in onnxruntime with basic optimizations only:
 # the exact Q/DQ semantics that device engines implement, for engines not built here.
@@ -102,6 +103,4 @@ class Backend:
 
 def reference_runner(path: Path, threads: int | None = None) -> Runner:
     """An ONNX file in onnxruntime with basic optimizations only (exact Q/DQ semantics)."""
-    from .onnxruntime import OrtRunner
-
     return OrtRunner(path, threads, reference=True)

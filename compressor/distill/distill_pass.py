@@ -46,6 +46,12 @@ def _features(graph, inputs: tuple[torch.Tensor, ...], batch: int):
     return torch.cat(feats)
 
 
+def _tapped_shape(student, tap, inputs: tuple[torch.Tensor, ...]) -> torch.Size:
+    with torch.no_grad():
+        student(*(x[:1] for x in inputs))
+    return tap.value.shape[1:]
+
+
 @register
 class DistillPass(Pass):
     name = "distill"
@@ -70,16 +76,14 @@ class DistillPass(Pass):
         if cfg.feature_weight > 0:
             feats = _features(to_graph_module(teacher, spec)[0], data.train, cfg.batch)
             tap = tap_last_weighted_input(student) if feats is not None else None
-        same_shape: list[bool] = []
+        same_shape = feats is not None and tap is not None and _tapped_shape(student, tap, data.train) == feats.shape[1:]
+        match = feature_loss if same_shape else (lambda s, t: relation_loss(s[0], t[0]))
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
             out = first_output(student(*(x[idx] for x in data.train)))
             labels = data.labels[idx] if data.labels is not None else None
             value = prediction_loss(out, teacher_train[idx], spec.task, cfg, labels)
             if tap is not None:
-                if not same_shape:
-                    same_shape.append(tap.value.shape[1:] == feats.shape[1:])
-                match = feature_loss if same_shape[0] else lambda s, t: relation_loss(s[0], t[0])
                 value = value + cfg.feature_weight * match([tap.value], [feats[idx]])
             return value
 
@@ -89,7 +93,6 @@ class DistillPass(Pass):
         ctx.progress.log(f"  {metric_name} vs teacher on the validation slice: {before.metric:.4f} -> {after.metric:.4f}")
         metrics = {"metric_name": metric_name, "training_samples": data.samples, "validation_samples": data.val[0].shape[0],
                    "before": before.as_dict(), "after": after.as_dict(), "history": history,
-                   "feature_loss": ("none" if tap is None else "normalised_mse" if same_shape[:1] == [True] else
-                                    "sample_relations")}
+                   "feature_loss": "none" if tap is None else "normalised_mse" if same_shape else "sample_relations"}
         module = StaticBatchAdapter(student, static) if static else student
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=dict(artifact.meta)), metrics)

@@ -198,7 +198,7 @@ class TrtRunner:
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         """First output for positional inputs, fed in chunks of the engine's largest batch."""
-        from ..onnxruntime import run_in_chunks
+        from ..ort_runner import run_in_chunks
 
         def first(*a):
             return self.run(dict(zip(self.inputs, a)))[self.outputs[0]]
