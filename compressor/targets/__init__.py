@@ -84,7 +84,8 @@ class TargetProfile:
 
 def parse_profile(path: Path) -> TargetProfile:
     data = read_toml(path)
-    header = parse_section(Header, {k: v for k, v in data.items() if not isinstance(v, dict)}, "", path)
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and k not in COMMON_SECTIONS}
+    header = parse_section(Header, scalars, "", path)
     own = sections_for(header.backend)
     classes = {**COMMON_SECTIONS, "device": own.device}
     if own.settings is not None:
@@ -95,7 +96,7 @@ def parse_profile(path: Path) -> TargetProfile:
                                 f"'{header.backend}': {', '.join(classes)}")
     for old, new in _MOVED.items():
         section, name = old.split(".")
-        if name in data.get(section, {}):
+        if isinstance(data.get(section), dict) and name in data[section]:
             raise CompressError(f"{path}: key '{old}' is now '{new}' (give it once, there)")
     # a missing table reads as empty: its required keys are reported missing, the others default
     sections = {name: parse_section(cls, data.get(name, {}), name, path) for name, cls in classes.items()}
