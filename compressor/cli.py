@@ -125,10 +125,11 @@ def targets_command():
     except CompressError as e:
         _fail(e, False)
     width = max(len(p.name) for p in profiles)
+    arch_width = max(len(p.device.arch) for p in profiles)
     for p in profiles:
         aliases = f" (alias {', '.join(p.aliases)})" if p.aliases else ""
         planned = " [engine builder not available yet: --passes quantize,export,verify]" if p.backend in PLANNED else ""
-        click.echo(f"{p.name.ljust(width)}  {p.backend:<11}  {p.summary}{aliases}{planned}")
+        click.echo(f"{p.name.ljust(width)}  {p.backend:<11}  {p.device.arch:<{arch_width}}  {p.summary}{aliases}{planned}")
 
 
 @main.command("profile")

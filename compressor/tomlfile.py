@@ -35,11 +35,16 @@ def get(table: dict, key: str, kind: type | tuple[type, ...], where: Path, defau
                 raise CompressError(f"{where}: missing key '{key}'")
             return default
         node = node[part]
+    return check(node, key, kind, where)
+
+
+def check(value: Any, key: str, kind: type | tuple[type, ...], where: Path) -> Any:
+    """Return `value` (found under the dotted `key` of `where`) when it is of `kind`."""
     # bool is an int in Python; a TOML `true` where a number is expected is still a mistake.
-    if not isinstance(node, kind) or (isinstance(node, bool) and bool not in _as_tuple(kind)):
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
         names = " or ".join(k.__name__ for k in _as_tuple(kind))
-        raise CompressError(f"{where}: key '{key}' must be {names}, got {node!r}")
-    return node
+        raise CompressError(f"{where}: key '{key}' must be {names}, got {value!r}")
+    return value
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

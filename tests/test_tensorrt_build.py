@@ -1,7 +1,7 @@
 """Jetson profiles, the on-device build recipe, the engine build (fake and real TensorRT) and the runner."""
 from __future__ import annotations
 
-import copy
+import dataclasses
 import enum
 import json
 import os
@@ -22,15 +22,14 @@ from compressor.backends.tensorrt import (TrtRunner, autofix, build_engine, lint
 from compressor.backends.tensorrt import device_build
 from compressor.backends.tensorrt.facts import compute_capability, facts_for
 from compressor.errors import CompressError
-from compressor.targets import load_target
+from compressor.targets import TargetProfile, load_target
 
 JETSONS = {"jetson-orin-nano": (8, 0), "jetson-orin-nx": (16, 2), "jetson-agx-orin": (64, 2)}
 
 
-def profile(name: str = "jetson", **trt) -> dict:
-    data = copy.deepcopy(load_target(name).data)
-    data["tensorrt"].update(trt)
-    return data
+def profile(name: str = "jetson", **trt) -> TargetProfile:
+    target = load_target(name)
+    return dataclasses.replace(target, settings=dataclasses.replace(target.section("tensorrt"), **trt))
 
 
 @pytest.fixture
@@ -49,15 +48,15 @@ def test_jetson_alias_is_orin_nano():
 
 @pytest.mark.parametrize("name", sorted(JETSONS))
 def test_jetson_profiles(name):
-    p = load_target(name).data
+    p = load_target(name)
     memory, dla = JETSONS[name]
-    assert p["backend"] == "tensorrt"
+    assert p.backend == "tensorrt"
     assert compute_capability(p) == (8, 7)
-    assert (p["device"]["memory_gb"], p["device"]["dla_cores"]) == (memory, dla)
-    assert all(p["device"].get(k) for k in ("jetpack", "tensorrt", "cuda"))  # the assumed software, written down
+    assert (p.device.memory_gb, p.device.dla_cores) == (memory, dla)
+    assert p.device.jetpack and p.device.tensorrt  # the assumed software, written down
     assert facts_for(p).max_opset >= 17
-    assert p["quantization"]["weights"]["granularity"] == "per_channel"
-    lo, opt, hi = p["tensorrt"]["batch"]
+    assert p.weights.granularity == "per_channel"
+    lo, opt, hi = p.section("tensorrt").batch
     assert 1 <= lo <= opt <= hi
 
 
@@ -131,13 +130,13 @@ def test_missing_range_and_wrong_names_are_user_errors(tmp_path, qdq_file):
         write_build_scripts(qdq_file, tmp_path / "b", profile(), {"pixels": (1, 1, 8, 8)})
     with pytest.raises(CompressError, match="differs"):
         write_build_scripts(qdq_file, tmp_path / "c", profile(), {"input": ("batch", 3, 8, 8)})
-    with pytest.raises(CompressError, match="min <= opt <= max"):
-        write_build_scripts(qdq_file, tmp_path / "d", profile(batch=[4, 1, 8]), None)
+    with pytest.raises(CompressError, match="'batch' must satisfy 1 <= min <= opt <= max"):
+        profile(batch=(4, 1, 8))
 
 
 def test_tensorrt_11_builds_strongly_typed_without_precision_flags(qdq_file, tmp_path):
     p = profile()
-    p["device"]["tensorrt"] = "11.1"
+    p = dataclasses.replace(p, device=dataclasses.replace(p.device, tensorrt="11.1"))
     args = trtexec_args(json.loads(_config(qdq_file, tmp_path, p)), p)
     assert "--int8" not in args and "--fp16" not in args
 

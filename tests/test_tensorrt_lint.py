@@ -1,20 +1,22 @@
 """TensorRT lint: one crafted graph per rule, a clean graph in TensorRT's scheme, and onnxruntime's QDQ layout."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.backends.tensorrt import lint
-from compressor.targets import load_target
+from compressor.targets import TargetProfile, load_target
 
 RNG = np.random.default_rng(0)
 
 
 @pytest.fixture(scope="module")
-def nano() -> dict:
-    return load_target("jetson").data
+def nano() -> TargetProfile:
+    return load_target("jetson")
 
 
 class G:
@@ -191,7 +193,8 @@ def test_dynamic_dims_without_profile_range(nano):
     vs = lint(trt_cnn(dims=("batch", 1, "height", "width")), nano)
     assert rules(vs) == {"dynamic-shape": ["input", "input"]}
     assert "'height'" in vs[0].message and "[tensorrt]" in vs[0].fix
-    ranged = dict(nano, tensorrt=dict(nano["tensorrt"], dims={"height": [8, 8, 8], "width": [8, 8, 8]}))
+    ranged = dataclasses.replace(nano, settings=dataclasses.replace(
+        nano.settings, dims={"height": (8, 8, 8), "width": (8, 8, 8)}))
     assert lint(trt_cnn(dims=("batch", 1, "height", "width")), ranged) == []
 
 
@@ -256,7 +259,7 @@ def test_int64_weights_matter_only_before_tensorrt_9(nano):
     m = _tiny([lambda g: g.node("Add", ["x", g.init("big", np.array([2**40, 1], np.int64))], name="add")],
               inputs=(("x", TensorProto.INT64, [2]),), opset=17)
     assert lint(m, nano) == []
-    old = dict(nano, device=dict(nano["device"], tensorrt="8.6"))
+    old = dataclasses.replace(nano, device=dataclasses.replace(nano.device, tensorrt="8.6"))
     assert rules(lint(m, old)) == {"unsupported-op": ["big"]}
 
 

@@ -31,7 +31,7 @@ def _check_jetson_run(out, result):
     assert "says nothing about the device's speed" in report_md
     assert verify["parity"]["top1_agreement"] >= 0.995
     model = onnx.load(str(out / "model.onnx"))
-    assert lint(model, load_target("jetson").data) == [] or all(v.severity == "warning" for v in lint(model, load_target("jetson").data))
+    assert lint(model, load_target("jetson")) == [] or all(v.severity == "warning" for v in lint(model, load_target("jetson")))
     for name in ("build_engine.sh", "build_engine.py", "build_config.json"):
         assert (out / name).is_file(), name
     config = json.loads((out / "build_config.json").read_text())

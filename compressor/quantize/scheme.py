@@ -71,20 +71,16 @@ class QuantScheme:
     rule: InsertionRule
     bias_int32: bool
     observer: str
-    keep_float_dtype: str  # what "kept in higher precision" means on this target
+    keep_float_dtype: str  # what "kept in higher precision" means on this target: [precision] fallback
     # the default quantize.accuracy_budget: 0 where the engine cannot run a kept layer (the C engine)
     accuracy_budget: float = 0.0
 
     @classmethod
     def from_target(cls, target: TargetProfile) -> QuantScheme:
-        if target.insertion not in RULES:
+        q = target.quantization
+        if q.insertion not in RULES:
             raise CompressError(f"{target.path}: key 'quantization.insertion' must be one of {', '.join(RULES)}, "
-                                f"got '{target.insertion}'")
-        q = target.data.get("quantization", {})
-        budget = q.get("accuracy_budget", 0.0)
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 <= budget < 1:
-            raise CompressError(f"{target.path}: key 'quantization.accuracy_budget' must be a number in [0, 1), "
-                                f"got {budget!r}")
-        return cls(name=q.get("scheme", target.name), activations=target.activations, weights=target.weights,
-                   rule=RULES[target.insertion], bias_int32=q.get("bias") == "int32", observer=target.observer,
-                   keep_float_dtype=q.get("keep_float_dtype", "fp32"), accuracy_budget=float(budget))
+                                f"got '{q.insertion}'")
+        return cls(name=q.scheme, activations=q.activations, weights=q.weights, rule=RULES[q.insertion],
+                   bias_int32=q.bias == "int32", observer=q.observer, keep_float_dtype=target.precision.fallback,
+                   accuracy_budget=q.accuracy_budget)

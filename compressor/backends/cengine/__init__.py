@@ -23,12 +23,12 @@ from compressor.errors import CompressError
 
 from .lower import Lowering
 from .memplan import apply_inplace, live_bytes, plan
-from .toolchain import (APT_INSTALL, ARCHS, code_bytes, compile_engine, count_instructions,
+from .toolchain import (APT_INSTALL, ARCHS, RiscvToolchain, code_bytes, compile_engine, count_instructions,
                         host_latency_ns, make_runner, missing_tools, run_engine)
 
 __all__ = ["unsupported_ops", "unsupported_nodes", "generate", "compile_engine", "run_engine",
            "count_instructions", "verify", "ARCHS", "APT_INSTALL", "missing_tools", "host_latency_ns",
-           "code_bytes", "make_runner"]
+           "code_bytes", "make_runner", "RiscvToolchain"]
 
 # im2col tiles may use up to this share of the peak live activations (and at least 2 KiB)
 SCRATCH_SHARE = 0.125
@@ -87,11 +87,14 @@ def _tune_scratch(graph) -> None:
 DTYPE_NAME = {"f32": "float32", "i8": "int8", "i64": "int64", "i32": "int32", "u8": "bool"}
 
 
-def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str, int] | None = None) -> dict:
+def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str, int] | None = None,
+             toolchain: RiscvToolchain | None = None) -> dict:
     """Write <name>.h, <name>.c, runner.c, Makefile and cengine/ (kernels) into out_dir.
 
     `dims`: values of symbolic input dimensions by name, e.g. {"sequence": 128} (the batch is
-    always 1; unnamed ones default to lower.DEFAULT_DIM). Raises CompressError listing every
+    always 1; unnamed ones default to lower.DEFAULT_DIM). `toolchain`: the RISC-V cross compiler,
+    emulator and VLEN the Makefile and every later build and run use (default: rv64gcv.toml's,
+    clang-16, qemu-riscv64, VLEN 128). Raises CompressError listing every
     unsupported node before writing anything. Returns the engine info (also saved as
     out_dir/engine.json).
     """
@@ -107,7 +110,8 @@ def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str
     mem = plan(graph)
     from .emit import write_engine
 
-    write_engine(out_dir, graph, mem, name, onnx_path.name)
+    toolchain = toolchain or RiscvToolchain()
+    write_engine(out_dir, graph, mem, name, onnx_path.name, toolchain)
     ob = graph.output
     kinds: dict[str, int] = {}
     for op in graph.ops:
@@ -131,6 +135,7 @@ def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str
         "macs": graph.macs,
         "n_ops": len(graph.ops),
         "ops": kinds,
+        "toolchain": toolchain.to_json(),
         "files": sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()
                         and "build" not in p.parts),
     }

@@ -10,7 +10,7 @@ from ...errors import CompressError, VerificationError
 from ...passes import PassResult, RunContext
 from ..base import Backend
 from . import generate, verify
-from .toolchain import EngineRunner, require_tools
+from .toolchain import EngineRunner, RiscvToolchain, require_tools
 
 ENGINE_DIR = "cengine"
 VERIFY_SAMPLES = 200  # host build
@@ -31,14 +31,15 @@ def engine_dims(spec, holdout) -> dict[str, int]:
 def preflight(target) -> None:
     """Before any work: the cross toolchain and emulator that lowering builds and runs with."""
     for arch in ("host", "rv64gc", "rv64gcv"):
-        require_tools(arch, run=True)
+        require_tools(arch, run=True, toolchain=RiscvToolchain.from_device(target.device))
 
 
 def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
     # the toolchain was checked by preflight() before the run started
     engine_dir = workdir / ENGINE_DIR
     holdout = [x[:VERIFY_SAMPLES].numpy() for x in ctx.data.holdout]
-    info = generate(artifact.path, engine_dir, dims=engine_dims(artifact.spec, holdout))
+    info = generate(artifact.path, engine_dir, dims=engine_dims(artifact.spec, holdout),
+                    toolchain=RiscvToolchain.from_device(ctx.target.device))
     for spec, x in zip(info["inputs"], holdout):
         if tuple(x.shape[1:]) != tuple(spec["shape"][1:]):
             raise CompressError(f"the C engine's input '{spec['name']}' has the static shape {spec['shape']}, "
@@ -57,7 +58,7 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     path = engine_dir / "model.c"
     # model.c spells the weights out as C literals (about 4x their bytes): what the device holds is
     # the weights plus the compiled code for its ISA
-    arch = str(ctx.target.data.get("device", {}).get("arch", "rv64gcv"))
+    arch = ctx.target.device.arch
     code = report["sizes"]["code_bytes"].get(arch)
     meta = {**artifact.meta, "engine_built": True, "publish": {ENGINE_DIR: "."}}
     if code is not None:

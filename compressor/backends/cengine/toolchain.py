@@ -1,7 +1,10 @@
 """Building and running generated engines: host compiler, clang-16 for RISC-V, qemu-riscv64.
 
 Each arch is a Makefile target of the generated engine (`make host|rv64gc|rv64gcv`); RISC-V
-binaries are static and run under qemu-user with the Vector extension at VLEN=128. Instruction
+binaries are static and run under qemu-user with the Vector extension at VLEN=128. The cross
+compiler, the emulator and VLEN are a RiscvToolchain: the target profile's [device] keys, these
+defaults for callers without a target; `generate` writes it into the engine's Makefile and
+engine.json, and everything here that builds or runs an engine reads it from there. Instruction
 counts come from a small counting qemu plugin (native/cengine/tools/qemu_insncount.c) or, where
 qemu does not load it, from qemu's exec trace; both are deterministic and give the same number.
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +30,49 @@ ARCHS = ("host", "rv64gc", "rv64gcv")
 APT_INSTALL = ("apt-get update && apt-get install -y gcc-riscv64-linux-gnu g++-riscv64-linux-gnu "
                "qemu-user clang-16")
 RV_SYSROOT = "/usr/riscv64-linux-gnu"
-QEMU = "qemu-riscv64"
-QEMU_CPU = {"rv64gc": "rv64,v=false", "rv64gcv": "rv64,v=true,vlen=128"}
+RV_ARCHS = ("rv64gc", "rv64gcv")
+
+
+@dataclass(frozen=True)
+class RiscvToolchain:
+    """How the RISC-V builds are compiled and run: a target's [device] cross_compiler, emulator,
+    vlen and abi (targets/backend_sections.py RiscvDevice); the defaults are rv64gcv.toml's."""
+
+    cross_compiler: str = "clang-16"  # a command; the Makefile adds --target, --sysroot, -march, -mabi
+    emulator: str = "qemu-riscv64"  # a command; -cpu follows from the build and vlen
+    vlen: int = 128  # bits per vector register: the rv64gcv build's minimum (zvl) and qemu's
+    abi: str = "lp64d"
+
+    @classmethod
+    def from_device(cls, device) -> RiscvToolchain:
+        return cls(device.cross_compiler, device.emulator, device.vlen, device.abi)
+
+    def march(self, arch: str) -> str:
+        """-march of a RISC-V build: rv64gcv promises VLEN >= 128 (zvl128b); a longer VLEN is a zvl extension."""
+        return f"rv64gcv_zvl{self.vlen}b" if arch == "rv64gcv" and self.vlen != 128 else arch
+
+    def qemu_cpu(self, arch: str) -> str:
+        return {"rv64gc": "rv64,v=false", "rv64gcv": f"rv64,v=true,vlen={self.vlen}"}[arch]
+
+    def emulator_command(self, binary, arch: str) -> list[str]:
+        return shlex.split(self.emulator) + ["-cpu", self.qemu_cpu(arch), str(binary)]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @property
+    def compiler_program(self) -> str:
+        return shlex.split(self.cross_compiler)[0]
+
+    @property
+    def emulator_program(self) -> str:
+        return shlex.split(self.emulator)[0]
+
+
+def engine_toolchain(out_dir: Path) -> RiscvToolchain:
+    """The toolchain an engine was generated for (engine.json); the defaults for older engines."""
+    meta = engine_meta(out_dir)
+    return RiscvToolchain(**meta["toolchain"]) if "toolchain" in meta else RiscvToolchain()
 
 
 def host_cc() -> str | None:
@@ -36,24 +82,25 @@ def host_cc() -> str | None:
     return None
 
 
-def missing_tools(arch: str, run: bool = False) -> list[str]:
+def missing_tools(arch: str, run: bool = False, toolchain: RiscvToolchain | None = None) -> list[str]:
     """Names of the tools `arch` needs that are not installed (run=True: also the emulator)."""
+    tools = toolchain or RiscvToolchain()
     if arch not in ARCHS:
         raise CompressError(f"unknown arch '{arch}': expected one of {', '.join(ARCHS)}")
     miss = [] if shutil.which("make") else ["make"]
     if arch == "host":
         return miss + ([] if host_cc() else ["cc (gcc or clang)"])
-    if not shutil.which("clang-16"):
-        miss.append("clang-16")
+    if not shutil.which(tools.compiler_program):
+        miss.append(tools.compiler_program)
     if not shutil.which("riscv64-linux-gnu-ar") or not Path(RV_SYSROOT, "lib").is_dir():
         miss.append("gcc-riscv64-linux-gnu (riscv64 libc and binutils)")
-    if run and not shutil.which(QEMU):
-        miss.append(f"{QEMU} (qemu-user)")
+    if run and not shutil.which(tools.emulator_program):
+        miss.append(f"{tools.emulator_program} (qemu-user)")
     return miss
 
 
-def require_tools(arch: str, run: bool = False) -> None:
-    miss = missing_tools(arch, run)
+def require_tools(arch: str, run: bool = False, toolchain: RiscvToolchain | None = None) -> None:
+    miss = missing_tools(arch, run, toolchain)
     if miss:
         extra = "apt-get install -y make && " if "make" in miss else ""
         raise CompressError(
@@ -64,7 +111,7 @@ def require_tools(arch: str, run: bool = False) -> None:
 def compile_engine(out_dir: Path, arch: str) -> Path:
     """Build the engine in `out_dir` for `arch` with its Makefile; returns the runner binary."""
     out_dir = Path(out_dir)
-    require_tools(arch)
+    require_tools(arch, toolchain=engine_toolchain(out_dir) if arch != "host" else None)
     env = dict(os.environ)
     args = ["make", "-s", "-C", str(out_dir), arch]
     if arch == "host":
@@ -133,11 +180,11 @@ def pack_inputs(meta: dict, inputs) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(np.concatenate([a.reshape(n, -1).view(np.uint8) for a in arrays], axis=1)), n
 
 
-def _command(binary: Path, arch: str) -> list[str]:
+def _command(binary: Path, arch: str, toolchain: RiscvToolchain) -> list[str]:
     if arch == "host":
         return [str(binary)]
-    require_tools(arch, run=True)
-    return [QEMU, "-cpu", QEMU_CPU[arch], str(binary)]
+    require_tools(arch, run=True, toolchain=toolchain)
+    return toolchain.emulator_command(binary, arch)
 
 
 def run_engine(out_dir_or_binary, inputs, arch: str = "host") -> np.ndarray:
@@ -150,7 +197,8 @@ def run_engine(out_dir_or_binary, inputs, arch: str = "host") -> np.ndarray:
     with tempfile.TemporaryDirectory() as td:
         fin, fout = Path(td, "in.bin"), Path(td, "out.bin")
         records.tofile(fin)
-        r = subprocess.run(_command(binary, arch) + [str(fin), str(fout)], capture_output=True, text=True)
+        r = subprocess.run(_command(binary, arch, engine_toolchain(out_dir)) + [str(fin), str(fout)],
+                           capture_output=True, text=True)
         if r.returncode != 0:
             raise CompressError(f"the {arch} engine failed (exit {r.returncode}): {r.stderr[-2000:]}")
         y = np.fromfile(fout, np.float32)
@@ -254,7 +302,7 @@ def count_instructions(binary, one_input, arch: str, method: str = "auto") -> in
     plugin, near qemu's normal speed), "blocks" (qemu's exec log, about 10x slower than the
     plugin), "singlestep" (qemu -singlestep -d exec,nochain, one log line per instruction), or
     "auto" (the plugin where qemu loads it, else blocks). All give the same number."""
-    if arch not in QEMU_CPU:
+    if arch not in RV_ARCHS:
         raise CompressError(f"instruction counting needs a RISC-V build (rv64gc or rv64gcv), not '{arch}'")
     out_dir, b = _engine_dir(Path(binary))
     if b is None:
@@ -264,7 +312,7 @@ def count_instructions(binary, one_input, arch: str, method: str = "auto") -> in
     with tempfile.TemporaryDirectory() as td:
         fin = Path(td, "in.bin")
         records[:1].tofile(fin)
-        base = _command(b, arch)
+        base = _command(b, arch, engine_toolchain(out_dir))
         runs = [base + ["--repeat", "1", str(fin)], base + ["--repeat", "0", str(fin)]]
         if method in ("auto", "plugin"):
             plugin = _plugin_path(out_dir)

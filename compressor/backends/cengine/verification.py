@@ -30,8 +30,8 @@ import numpy as np
 
 from compressor.errors import CompressError
 
-from .toolchain import (ARCHS, code_bytes, compile_engine, count_instructions, engine_meta, host_latency_ns,
-                        input_arrays, missing_tools, run_engine)
+from .toolchain import (ARCHS, code_bytes, compile_engine, count_instructions, engine_meta, engine_toolchain,
+                        host_latency_ns, input_arrays, missing_tools, run_engine)
 
 
 def ort_session(onnx_path: Path, optimized: bool = True, threads: int = 1):
@@ -123,7 +123,7 @@ def verify(onnx_path: Path, out_dir: Path, inputs, archs=ARCHS, count: bool = Tr
     outs = {}
     skipped = {}
     for arch in archs:
-        miss = missing_tools(arch, run=True)
+        miss = missing_tools(arch, run=True, toolchain=engine_toolchain(out_dir))
         if miss and arch != "host":
             skipped[arch] = f"missing {', '.join(miss)}"
             continue

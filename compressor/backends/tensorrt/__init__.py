@@ -8,7 +8,7 @@ build the engine where TensorRT imports, and run it.
     TrtRunner(engine).run({"input": x})
     lower_onnx(onnx_path, out_dir, profile, input_shapes)  # all of the above, for the `lower` pass
 
-`profile` is the parsed TOML of a targets/jetson-*.toml file.
+`profile` is the TargetProfile of a targets/jetson-*.toml file (compressor.targets.load_target).
 """
 from .build import build_engine, tensorrt_available
 from .fixes import FIXES, autofix

@@ -15,7 +15,7 @@ from .runner import TrtRunner
 
 def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
     shapes = {t.name: t.concrete_shape(batch=1, sequence=128) for t in artifact.spec.inputs}
-    lowered = lower_onnx(artifact.path, workdir, ctx.target.data, shapes, strict=config.strict)
+    lowered = lower_onnx(artifact.path, workdir, ctx.target, shapes, strict=config.strict)
     built = lowered.engine is not None
     path = lowered.engine if built else lowered.onnx_path
     publish = {name: name for name in [p.name for p in lowered.scripts] + [lowered.onnx_path.name]}

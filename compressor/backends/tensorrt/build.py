@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ...errors import CompressError
+from ...targets import TargetProfile
 from . import device_build
 from .device_build import CONFIG_NAME
 from .scripts import device_instructions, write_build_scripts
@@ -20,7 +21,7 @@ def tensorrt_available() -> bool:
     return hasattr(trt, "Builder") and hasattr(trt, "OnnxParser")
 
 
-def build_engine(onnx_path: Path, out_dir: Path, profile: dict, input_shapes: dict[str, tuple] | None,
+def build_engine(onnx_path: Path, out_dir: Path, profile: TargetProfile, input_shapes: dict[str, tuple] | None,
                  verbose: bool = False) -> Path:
     """Write the build scripts into `out_dir`, then build the engine with them (the same code as
     build_engine.py). Raises CompressError when TensorRT is not importable or the build fails."""

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from ...errors import CompressError
+from ...targets import TargetProfile
 
 # Operators the parser marks unsupported ("N"), release/10.0-GA and 10.1-GA (same list).
 _UNSUPPORTED_10 = frozenset("""
@@ -138,21 +139,21 @@ def facts_for_version(text: str) -> TrtFacts:
     return _TABLE[known[-1]]
 
 
-def trt_version(profile: dict) -> str:
-    version = (profile.get("device") or {}).get("tensorrt") or (profile.get("tensorrt") or {}).get("version")
+def trt_version(profile: TargetProfile) -> str:
+    version = getattr(profile.device, "tensorrt", "")  # a Jetson device's (targets/backend_sections.py)
     if not version:
-        raise CompressError(f"target profile '{profile.get('name', '?')}' does not say which TensorRT "
+        raise CompressError(f"target profile '{profile.name}' does not say which TensorRT "
                             "release it assumes: add `tensorrt = \"10.3\"` under [device]")
-    return str(version)
+    return version
 
 
-def facts_for(profile: dict) -> TrtFacts:
+def facts_for(profile: TargetProfile) -> TrtFacts:
     return facts_for_version(trt_version(profile))
 
 
-def compute_capability(profile: dict) -> tuple[int, int] | None:
+def compute_capability(profile: TargetProfile) -> tuple[int, int] | None:
     """`sm_87` -> (8, 7); None when the profile does not say."""
-    m = re.match(r"^sm_(\d)(\d+)$", str((profile.get("device") or {}).get("arch", "")))
+    m = re.match(r"^sm_(\d)(\d+)$", profile.device.arch)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 

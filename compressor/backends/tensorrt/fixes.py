@@ -36,7 +36,7 @@ def fix(name: str):
     return register
 
 
-def autofix(model: onnx.ModelProto, profile: dict | None = None) -> tuple[onnx.ModelProto, list[str]]:
+def autofix(model: onnx.ModelProto, profile=None) -> tuple[onnx.ModelProto, list[str]]:
     """A fixed copy of `model` and a human-readable line per change. `profile` is accepted for
     symmetry with `lint` (no fix depends on it yet)."""
     fixed = onnx.ModelProto()

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
+from ...targets import TargetProfile
 from .facts import FP8_MIN_SM, TrtFacts, compute_capability, facts_for
 from .graph import DQ, Q, QDQ_OPS, WEIGHTED_OPS, GraphIndex, attr, dtype_name
 from .shapes import missing_ranges
@@ -41,7 +42,7 @@ class Violation:
 @dataclass
 class LintContext:
     index: GraphIndex
-    profile: dict
+    profile: TargetProfile
     facts: TrtFacts
 
 
@@ -56,7 +57,7 @@ def rule(name: str):
     return register
 
 
-def lint(model: onnx.ModelProto, profile: dict, rules: list[str] | None = None) -> list[Violation]:
+def lint(model: onnx.ModelProto, profile: TargetProfile, rules: list[str] | None = None) -> list[Violation]:
     """Every violation of TensorRT's rules (for the release the profile assumes) in `model`."""
     ctx = LintContext(GraphIndex(model), profile, facts_for(profile))
     found: list[Violation] = []
@@ -64,10 +65,6 @@ def lint(model: onnx.ModelProto, profile: dict, rules: list[str] | None = None) 
         if rules is None or name in rules:
             found.extend(fn(ctx))
     return found
-
-
-def _weights_granularity(profile: dict) -> str:
-    return ((profile.get("quantization") or {}).get("weights") or {}).get("granularity", "per_channel")
 
 
 def _qdq_nodes(ctx: LintContext):
@@ -235,7 +232,7 @@ def _weight_dqs(ctx: LintContext):
 
 @rule("weight-per-tensor")
 def _weight_per_tensor(ctx: LintContext) -> list[Violation]:
-    if _weights_granularity(ctx.profile) != "per_channel":
+    if ctx.profile.weights.granularity != "per_channel":
         return []
     out = []
     for node, dq, p, w, axis in _weight_dqs(ctx):

@@ -11,6 +11,7 @@ import onnx
 
 from ...artifacts import write_atomic
 from ...errors import CompressError
+from ...targets import TargetProfile
 from .build import build_engine, tensorrt_available
 from .fixes import autofix
 from .lint import Violation, lint
@@ -36,7 +37,7 @@ class Lowered:
                 "violations": [vars(v) for v in self.violations]}
 
 
-def lower_onnx(onnx_path: Path, out_dir: Path, profile: dict, input_shapes: dict[str, tuple] | None,
+def lower_onnx(onnx_path: Path, out_dir: Path, profile: TargetProfile, input_shapes: dict[str, tuple] | None,
           strict: bool = True, filename: str = "model.onnx") -> Lowered:
     """Autofix `onnx_path` into `out_dir/filename`, lint it, write the build scripts, and build the engine
     where TensorRT imports. With `strict`, lint errors left after autofix raise a CompressError."""

@@ -15,17 +15,19 @@ import onnx
 
 from ...artifacts import write_atomic
 from ...errors import CompressError
+from ...targets import TargetProfile
 from .device_build import CONFIG_NAME
 from .facts import facts_for, trt_version
 from .shapes import shape_profile
 
 SCRIPT_SH = "build_engine.sh"
 SCRIPT_PY = "build_engine.py"
-_KNOWN_FLAGS = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16", "strongly_typed": "--stronglyTyped"}
+# the trtexec flag of each [tensorrt] builder_flags name (targets/backend_sections.py checks the names)
+_TRTEXEC_FLAGS = {"int8": "--int8", "fp16": "--fp16", "bf16": "--bf16", "strongly_typed": "--stronglyTyped"}
 _JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs it (not on PATH by default)
 
 
-def build_config(onnx_path: Path, out_dir: Path, profile: dict, input_shapes: dict[str, tuple] | None) -> dict:
+def build_config(onnx_path: Path, out_dir: Path, profile: TargetProfile, input_shapes: dict[str, tuple] | None) -> dict:
     """Everything the engine build needs, paths relative to `out_dir` (the folder copied to the device)."""
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.exists():
@@ -35,33 +37,31 @@ def build_config(onnx_path: Path, out_dir: Path, profile: dict, input_shapes: di
     except Exception as e:  # noqa: BLE001 - protobuf errors come in several types
         raise CompressError(f"{onnx_path}: not a readable ONNX file ({str(e).splitlines()[0]})") from None
     shapes = shape_profile(model, profile, input_shapes)
-    trt = profile.get("tensorrt") or {}
-    device = profile.get("device") or {}
-    flags = [str(f).lower() for f in trt.get("builder_flags", ["int8", "fp16"])]
-    unknown = [f for f in flags if f not in _KNOWN_FLAGS]
-    if unknown:
-        raise CompressError(f"[tensorrt] builder_flags: unknown {unknown}; known: {sorted(_KNOWN_FLAGS)}")
+    trt, device = profile.section("tensorrt"), profile.device
+    flags = [f.lower() for f in trt.builder_flags]
+    if trt.workspace_mb > device.memory_gb * 1024:
+        raise CompressError(f"[tensorrt] workspace_mb = {trt.workspace_mb}, but the device has "
+                            f"{device.memory_gb} GB of memory ([device] memory_gb)")
     dla_core = None
-    if trt.get("use_dla"):
-        cores = int(device.get("dla_cores", 0))
-        dla_core = int(trt.get("dla_core", 0))
+    if trt.use_dla:
+        cores, dla_core = device.dla_cores, trt.dla_core
         if cores == 0:
-            raise CompressError(f"target '{profile.get('name', '?')}' sets use_dla but the device has no DLA "
+            raise CompressError(f"target '{profile.name}' sets use_dla but the device has no DLA "
                                 "(Jetson Orin Nano has none; Orin NX and AGX Orin have two)")
         if not 0 <= dla_core < cores:
             raise CompressError(f"[tensorrt] dla_core = {dla_core}, but the device has DLA cores 0..{cores - 1}")
     stem = onnx_path.stem
     return {
-        "target": profile.get("name", "?"),
+        "target": profile.name,
         "tensorrt": trt_version(profile),
-        "jetpack": device.get("jetpack"),
+        "jetpack": device.jetpack,
         "onnx": os.path.relpath(onnx_path.resolve(), out_dir.resolve()),
         "engine": f"{stem}.engine",
         "timing_cache": "timing.cache",
         "log": "build.log",
         "layers": "layers.json",
         "builder_flags": flags,
-        "workspace_mb": int(trt.get("workspace_mb", 1024)),
+        "workspace_mb": trt.workspace_mb,
         "dla_core": dla_core,
         "gpu_fallback": True,
         "shapes": {name: {k: list(v) for k, v in s.items()} for name, s in shapes.shapes.items()}
@@ -75,13 +75,13 @@ def _shape_spec(shapes: dict, which: str) -> str:
     return ",".join(f"{name(n)}:{'x'.join(str(d) for d in s[which])}" for n, s in shapes.items())
 
 
-def trtexec_args(config: dict, profile: dict) -> list[str]:
+def trtexec_args(config: dict, profile: TargetProfile) -> list[str]:
     """The trtexec arguments equivalent to build_engine.py with `config`."""
     facts = facts_for(profile)
     args = [f"--onnx={config['onnx']}", f"--saveEngine={config['engine']}"]
     for f in config["builder_flags"]:
         if f == "strongly_typed" or facts.precision_flags:
-            args.append(_KNOWN_FLAGS[f])
+            args.append(_TRTEXEC_FLAGS[f])
     if config["shapes"]:
         for which, flag in (("min", "--minShapes"), ("opt", "--optShapes"), ("max", "--maxShapes")):
             args.append(f"{flag}={_shape_spec(config['shapes'], which)}")
@@ -94,7 +94,7 @@ def trtexec_args(config: dict, profile: dict) -> list[str]:
     return args
 
 
-def _shell_script(config: dict, profile: dict) -> str:
+def _shell_script(config: dict, profile: TargetProfile) -> str:
     args = " \\\n    ".join(shlex.quote(a) for a in trtexec_args(config, profile))
     return f"""#!/usr/bin/env bash
 # Build the TensorRT engine for {config['target']} ON THE DEVICE (a TensorRT engine only runs on the
@@ -117,7 +117,7 @@ echo "engine: {config['engine']}  timing cache: {config['timing_cache']}  log: {
 """
 
 
-def write_build_scripts(onnx_path: Path, out_dir: Path, profile: dict, input_shapes: dict[str, tuple] | None
+def write_build_scripts(onnx_path: Path, out_dir: Path, profile: TargetProfile, input_shapes: dict[str, tuple] | None
                         ) -> list[Path]:
     """Write build_config.json, build_engine.sh and build_engine.py into `out_dir`; returns their paths."""
     out_dir = Path(out_dir)
@@ -134,10 +134,10 @@ def write_build_scripts(onnx_path: Path, out_dir: Path, profile: dict, input_sha
     return list(files)
 
 
-def device_instructions(out_dir: Path, profile: dict) -> str:
+def device_instructions(out_dir: Path, profile: TargetProfile) -> str:
     """What the report tells the user when TensorRT is not installed where compress ran."""
-    device = profile.get("device") or {}
+    device = profile.device
     return (f"TensorRT is not installed here, so the engine was not built. Copy {out_dir} to the "
-            f"{profile.get('summary') or profile.get('name', 'device')} (JetPack {device.get('jetpack', '?')}, "
-            f"TensorRT {device.get('tensorrt', '?')}) and run `bash {SCRIPT_SH}` (trtexec) or "
+            f"{profile.summary or profile.name} (JetPack {device.jetpack}, "
+            f"TensorRT {device.tensorrt}) and run `bash {SCRIPT_SH}` (trtexec) or "
             f"`python3 {SCRIPT_PY}` (TensorRT Python API); either writes the engine, timing.cache and build.log there.")

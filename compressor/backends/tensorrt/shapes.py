@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import onnx
 
 from ...errors import CompressError
+from ...targets import TargetProfile
 
 Dim = int | str | None
 
@@ -71,22 +72,12 @@ def _merge(name: str, graph_dims: list[Dim] | None, given: tuple | None) -> list
     return list(graph_dims)
 
 
-def _range(value, where: str) -> tuple[int, int, int]:
-    try:
-        lo, opt, hi = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise CompressError(f"{where} must be [min, opt, max], got {value!r}") from None
-    if not 1 <= lo <= opt <= hi:
-        raise CompressError(f"{where} must satisfy 1 <= min <= opt <= max, got {[lo, opt, hi]}")
-    return lo, opt, hi
-
-
-def dim_range(profile: dict, dim: Dim, axis: int, rank: int) -> tuple[tuple[int, int, int], str] | None:
-    """The (min, opt, max) for one dynamic dimension and where it came from, or None."""
-    trt = profile.get("tensorrt") or {}
-    named = trt.get("dims") or {}
-    if isinstance(dim, str) and dim in named:
-        return _range(named[dim], f"[tensorrt] dims.{dim}"), f"dims.{dim}"
+def dim_range(profile: TargetProfile, dim: Dim, axis: int, rank: int) -> tuple[tuple[int, int, int], str] | None:
+    """The (min, opt, max) for one dynamic dimension and where it came from, or None. The ranges were
+    checked when the profile was parsed (TensorRTSettings)."""
+    trt = profile.section("tensorrt")
+    if isinstance(dim, str) and dim in trt.dims:
+        return tuple(trt.dims[dim]), f"dims.{dim}"
     key = None
     if isinstance(dim, str) and dim in ("batch", "sequence"):
         key = dim
@@ -98,12 +89,12 @@ def dim_range(profile: dict, dim: Dim, axis: int, rank: int) -> tuple[tuple[int,
         key = "batch"
     elif axis == 1 and rank == 2:
         key = "sequence"
-    if key and key in trt:
-        return _range(trt[key], f"[tensorrt] {key}"), key
+    if key and getattr(trt, key):
+        return tuple(getattr(trt, key)), key
     return None
 
 
-def missing_ranges(model: onnx.ModelProto, profile: dict) -> list[MissingRange]:
+def missing_ranges(model: onnx.ModelProto, profile: TargetProfile) -> list[MissingRange]:
     missing = []
     for name, dims in graph_input_dims(model).items():
         if dims is None:
@@ -115,7 +106,7 @@ def missing_ranges(model: onnx.ModelProto, profile: dict) -> list[MissingRange]:
     return missing
 
 
-def shape_profile(model: onnx.ModelProto, profile: dict, input_shapes: dict[str, tuple] | None = None) -> ShapeProfile:
+def shape_profile(model: onnx.ModelProto, profile: TargetProfile, input_shapes: dict[str, tuple] | None = None) -> ShapeProfile:
     graph = graph_input_dims(model)
     given = dict(input_shapes or {})
     unknown = sorted(set(given) - set(graph))
