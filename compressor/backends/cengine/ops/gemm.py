@@ -9,7 +9,6 @@ import numpy as np
 from ..fixedpoint import quantize_multipliers
 from ..ir import Buf, Op
 from ..values import CV, FV, Unsupported, WV, node_attr
-from .eltwise import add
 from .registry import handler
 from .weights import bias_int, channel_scales, check_range
 
