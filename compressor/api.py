@@ -23,6 +23,7 @@ from .tomlfile import get, read_toml
 from .version import __version__
 
 RUN_MARKER = "run.json"
+PRUNING_BUDGETS = ("sparsity", "macs_budget", "latency_budget")  # prune options that ask for pruning
 
 
 @dataclass
@@ -51,8 +52,10 @@ class RunOptions:
 def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib: str | None = None,
              out: str | Path | None = None, *, passes: list[str] | None = None, config: str | Path | None = None,
              resume: bool = False, force: bool = False, quiet: bool = True,
-             input_shape: tuple[int, ...] | None = None, **load_options: Any) -> Result:
-    """Compress `model` (a path, or an nn.Module with `input_shape`) for `target`.
+             input_shape: tuple[int, ...] | None = None, sparsity: float | None = None,
+             macs_budget: float | None = None, latency_budget: float | None = None, **load_options: Any) -> Result:
+    """Compress `model` (a path, or an nn.Module with `input_shape`) for `target`. A pruning budget
+    (`sparsity`, `macs_budget` or `latency_budget`, as the CLI's flags) prunes first.
 
     Raises CompressError for bad input and VerificationError when the engine fails verification;
     in both cases the run directory holds report.json with what was measured.
@@ -60,8 +63,10 @@ def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib
     load = LoadOptions(**load_options)
     if input_shape is not None:
         load.input_shapes = [tuple(input_shape)]
+    budgets = {k: v for k, v in zip(PRUNING_BUDGETS, (sparsity, macs_budget, latency_budget)) if v is not None}
     options = RunOptions(out=Path(out) if out else None, passes=passes, config=Path(config) if config else None,
-                         resume=resume, force=force, quiet=quiet, load=load)
+                         resume=resume, force=force, quiet=quiet, load=load,
+                         overrides={"prune": budgets} if budgets else {})
     return run(model, target, calib, options)
 
 
@@ -120,6 +125,7 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
 
 def _pipeline_request(target: TargetProfile, options: RunOptions) -> tuple[list[str], dict[str, dict], str]:
     names = list(target.passes)
+    default_passes = True
     configs: dict[str, dict] = {}
     where = f"target {target.name}"
     if options.config is not None:
@@ -127,12 +133,16 @@ def _pipeline_request(target: TargetProfile, options: RunOptions) -> tuple[list[
         where = str(options.config)
         if "passes" in data:
             names = get(data, "passes", list, options.config)
+            default_passes = False
         configs = {k: v for k, v in data.items() if k != "passes"}
         for key, value in configs.items():
             if not isinstance(value, dict):
                 raise CompressError(f"{options.config}: key '{key}' must be a table of options for pass '{key}'")
     for name, values in options.overrides.items():
         configs.setdefault(name, {}).update(values)
+    budget_given = any(configs.get("prune", {}).get(k) is not None for k in PRUNING_BUDGETS)
+    if budget_given and default_passes and "prune" not in names:
+        names = ["prune", *names]  # a pruning budget puts pruning in front of the target's pipeline
     if options.passes:
         names = options.passes
         where = "--passes"

@@ -11,6 +11,7 @@ import importlib
 # pass name -> module whose import registers it
 BUILTIN: dict[str, str] = {
     "distill": "compressor.distill.distill_pass",
+    "prune": "compressor.prune.prune_pass",
     "quantize": "compressor.quantize.quantize_pass",
     "export": "compressor.export.onnx_export",
     "verify": "compressor.export.verify",

@@ -29,6 +29,9 @@ class Recipe:
     calibration_samples: int
     holdout_samples: int
     seed: int
+    # samples that training passes (prune, distill) may use: the calibration samples and more from
+    # the same (training) side, never the held-out ones; defaults to the calibration samples
+    training_samples: int = 0
 
     def resolve(self, key: str) -> Path:
         value = Path(get(self.data, key, str, self.path))
@@ -44,6 +47,12 @@ class CalibrationData:
     fingerprint: str
     extras: dict[str, Any]  # e.g. the held-out sentences, for reports
     calib_labels: torch.Tensor | None = None  # optional: distillation works without them
+    train: tuple[torch.Tensor, ...] | None = None  # training passes' samples (calib is their start)
+    train_labels: torch.Tensor | None = None
+
+    def training(self) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The samples a training pass may learn from, and their labels where the source has them."""
+        return (self.train, self.train_labels) if self.train is not None else (self.calib, self.calib_labels)
 
     @property
     def num_calib(self) -> int:
@@ -74,9 +83,11 @@ def load_recipe(name_or_path: str) -> Recipe:
         calibration_samples=get(data, "calibration_samples", int, candidate, default=256),
         holdout_samples=get(data, "holdout_samples", int, candidate, default=500),
         seed=get(data, "seed", int, candidate, default=0),
+        training_samples=get(data, "training_samples", int, candidate, default=0),
     )
-    if recipe.calibration_samples < 1 or recipe.holdout_samples < 1:
-        raise CompressError(f"{candidate}: calibration_samples and holdout_samples must be at least 1")
+    if recipe.calibration_samples < 1 or recipe.holdout_samples < 1 or recipe.training_samples < 0:
+        raise CompressError(f"{candidate}: calibration_samples and holdout_samples must be at least 1, "
+                            f"training_samples at least 0")
     return recipe
 
 
@@ -84,26 +95,32 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
     """Read, preprocess, split and check the samples against the model's input spec."""
     samples, labels, extras = SOURCES[recipe.source](recipe, spec, model_path)
     total = samples[0].shape[0]
-    need = recipe.calibration_samples + recipe.holdout_samples
+    pool = max(recipe.calibration_samples, recipe.training_samples)  # the training side
+    need = pool + recipe.holdout_samples
     if total < 2:
         raise CompressError(f"{recipe.path}: only {total} sample(s); need at least one for calibration and one held out")
     order = np.random.default_rng(recipe.seed).permutation(total) if extras.pop("shuffle", True) else np.arange(total)
-    n_cal = min(recipe.calibration_samples, total * recipe.calibration_samples // need) if total < need else recipe.calibration_samples
-    n_cal = max(1, min(n_cal, total - 1))
-    cal_idx, hold_idx = order[:n_cal], order[n_cal:n_cal + recipe.holdout_samples]
+    n_pool = min(pool, total * pool // need) if total < need else pool
+    n_pool = max(1, min(n_pool, total - 1))
+    n_cal = min(recipe.calibration_samples, n_pool)
+    train_idx, hold_idx = order[:n_pool], order[n_pool:n_pool + recipe.holdout_samples]
+    cal_idx = train_idx[:n_cal]
     calib = tuple(torch.as_tensor(s[cal_idx]) for s in samples)
     holdout = tuple(torch.as_tensor(s[hold_idx]) for s in samples)
+    train = tuple(torch.as_tensor(s[train_idx]) for s in samples) if n_pool > n_cal else None
     check_fits(recipe.path, calib, spec)
-    for part in (*calib, *holdout):
+    for part in (*calib, *holdout, *(train or ())):
         if part.is_floating_point() and not torch.isfinite(part).all():
             raise CompressError(f"{recipe.path}: the samples contain NaN or Inf values")
-    fingerprint = sha256_json({"recipe": recipe.data, "digest": [sha256_tensor(t) for t in (*calib, *holdout)]})
+    digest = [sha256_tensor(t) for t in (*calib, *holdout)] + ([sha256_tensor(t) for t in train] if train else [])
+    fingerprint = sha256_json({"recipe": recipe.data, "digest": digest})
     held_labels = torch.as_tensor(labels[hold_idx]) if labels is not None else None
     calib_labels = torch.as_tensor(labels[cal_idx]) if labels is not None else None
+    train_labels = torch.as_tensor(labels[train_idx]) if labels is not None and train is not None else None
     if "texts" in extras:
         extras["holdout_texts"] = [extras["texts"][i] for i in hold_idx]
         del extras["texts"]
-    return CalibrationData(recipe.name, calib, holdout, held_labels, fingerprint, extras, calib_labels)
+    return CalibrationData(recipe.name, calib, holdout, held_labels, fingerprint, extras, calib_labels, train, train_labels)
 
 
 def synthetic_calibration(spec: InputSpec, count: int = 64, seed: int = 0) -> CalibrationData:
@@ -153,10 +170,10 @@ def _source_mnist(recipe: Recipe, spec: InputSpec, model_path: Path | None):
     x_train, y_train, x_test, y_test = load_mnist_split(seed=recipe.seed)
     # The bundled split is fixed: calibration from the training part, held-out from the test part,
     # so verification never sees a digit the teacher was trained on.
-    n_cal = min(recipe.calibration_samples, len(x_train))
+    n_train = min(max(recipe.calibration_samples, recipe.training_samples), len(x_train))
     n_hold = min(recipe.holdout_samples, len(x_test))
-    x = np.concatenate([x_train[:n_cal], x_test[:n_hold]])
-    y = np.concatenate([y_train[:n_cal], y_test[:n_hold]])
+    x = np.concatenate([x_train[:n_train], x_test[:n_hold]])
+    y = np.concatenate([y_train[:n_train], y_test[:n_hold]])
     return (_preprocess(x, recipe),), y, {"shuffle": False}
 
 

@@ -43,9 +43,10 @@ def _fail(error: CompressError, debug: bool) -> None:
     sys.exit(error.exit_code)
 
 
-def _quantize_overrides(**options) -> dict:
-    chosen = {k: v for k, v in options.items() if v is not None}
-    return {"quantize": chosen} if chosen else {}
+def _overrides(**by_pass: dict) -> dict:
+    """Per-pass options the flags set (flags not given are left to the TOML and the defaults)."""
+    chosen = {name: {k: v for k, v in options.items() if v is not None} for name, options in by_pass.items()}
+    return {name: options for name, options in chosen.items() if options}
 
 
 @main.command("run")
@@ -68,11 +69,19 @@ def _quantize_overrides(**options) -> dict:
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
               help="Keep the most sensitive layers in higher precision until the metric drop before "
                    "fine-tuning is at most this (e.g. 0.005 = half a point of top-1).")
+@click.option("--sparsity", type=float, default=None,
+              help="Prune (CoFi) until this fraction of the prunable parameters is removed, e.g. 0.6.")
+@click.option("--macs-budget", type=float, default=None,
+              help="Prune until the model keeps this fraction of the teacher's MACs per sample, e.g. 0.3.")
+@click.option("--latency-budget", type=float, default=None,
+              help="Prune until the FP32 latency on the target's runner is this fraction of the teacher's "
+                   "(a MACs budget from a cost model fitted to measured variants), e.g. 0.5.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
-                input_shape, input_dtype, task, keep_float, accuracy_budget, quiet, as_json, debug):
+                input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
+                quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -90,7 +99,10 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                            input_dtype=input_dtype, task=task)
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                              config=config, resume=resume, force=force, quiet=quiet, load=load,
-                             overrides=_quantize_overrides(keep_float=keep_float, accuracy_budget=accuracy_budget))
+                             overrides=_overrides(
+                                 quantize={"keep_float": keep_float, "accuracy_budget": accuracy_budget},
+                                 prune={"sparsity": sparsity, "macs_budget": macs_budget,
+                                        "latency_budget": latency_budget}))
         result = run(model, target, calib, options)
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)

@@ -25,6 +25,9 @@ class RunContext:
     run_dir: Path
     progress: Progress
     history: list[tuple[str, Artifact]] = field(default_factory=list)  # (pass name, output) so far
+    # where the running pass keeps training checkpoints: outside its partial folder, so a killed run
+    # resumes mid-pass; named by the pass's cache key, removed when the pass finishes
+    checkpoints: Path | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -70,7 +73,6 @@ PASSES: dict[str, type[Pass]] = {}
 
 # Passes of the design whose issues have not landed yet: named here so the error says so.
 PLANNED: dict[str, str] = {
-    "prune": "CoFi structured pruning",
     "search": "student architecture search (DisWOT / AutoDistil)",
 }
 

@@ -5,11 +5,13 @@ Layout of a run directory:
     out/<run>/run.json          what was asked (model, target, calibration, passes)
     out/<run>/01-export/        one folder per finished pass: its output files + pass.json
     out/<run>/.02-verify.partial  a pass in progress (deleted and redone on resume)
+    out/<run>/.03-prune.<key>.checkpoints  a training pass's checkpoints (resumed from, then removed)
     out/<run>/model.onnx, report.json, report.md   published at the end
 
 A pass's cache key hashes (input artifact fingerprint, pass name, pass version, package version,
 pass config, run context fingerprint). A finished pass folder is only reused when its key matches
-and its output file still has the recorded hash, so a kill -9 loses at most the running pass.
+and its output file still has the recorded hash, so a kill -9 loses at most the running pass, and
+of a training pass at most the epoch in progress.
 """
 from __future__ import annotations
 
@@ -112,6 +114,12 @@ class PassManager:
         partial = self.ctx.run_dir / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        checkpoints = self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+        for stale in self.ctx.run_dir.glob(f".{folder.name}.*.checkpoints"):
+            if stale != checkpoints:  # from a run with other inputs or options
+                shutil.rmtree(stale, ignore_errors=True)
+        checkpoints.mkdir(exist_ok=True)
+        self.ctx.checkpoints = checkpoints
         start = time.perf_counter()
         try:
             result = p.run(artifact, self.ctx, partial)
@@ -119,6 +127,8 @@ class PassManager:
             metrics = getattr(e, "metrics", {})
             self.records.append(PassRecord(p.name, "failed", time.perf_counter() - start, key, "", metrics))
             raise
+        finally:
+            self.ctx.checkpoints = None
         seconds = time.perf_counter() - start
         out = result.artifact
         if p.returns != "same" and out.kind != p.returns:
@@ -138,6 +148,7 @@ class PassManager:
         write_atomic(partial / "pass.json", json.dumps(manifest, indent=2, default=str))
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         if out.kind != MODULE and out is not artifact and out.path is not None:
             out.fingerprint = sha256_file(out.path)
             manifest["output"]["fingerprint"] = out.fingerprint

@@ -54,6 +54,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         what = f", {sizes['engine_bytes_are']}" if sizes.get("engine_bytes_are") else ""
         rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
                              f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller{what})"))
+    rows += _prune_rows(_pass_metrics(report, "prune"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
         rows.append((f"quantization ({q['scheme']}, {q['observer']})",
@@ -105,6 +106,47 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _prune_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
+    if not p:
+        return []
+    if not p.get("pruned"):
+        return [("pruning", f"none: {p.get('reason', 'nothing to prune')}")]
+    b, lat = p["budget"], p["latency_fp32"]
+    rows = [(f"pruning ({p['family']}, {b['kind']} {b['value']:g})",
+             f"MACs {p['macs']['before'] / 1e6:.1f}M -> {p['macs']['after'] / 1e6:.1f}M "
+             f"({p['macs']['after'] / p['macs']['before']:.2f}x), prunable params {p['params']['before'] / 1e6:.2f}M -> "
+             f"{p['params']['after'] / 1e6:.2f}M; {p['metric_name']} teacher {p['teacher_metric']:.4f} -> "
+             f"pruned {p['pruned_metric']:.4f}"),
+            ("pruned FP32 latency (1 thread)",
+             f"teacher {lat['teacher_ms']:.3f} ms -> pruned {lat['pruned_ms']:.3f} ms ({lat['speedup']:.2f}x"
+             f"{' faster' if lat['speedup'] > 1 else ': NOT faster than the teacher'}; {lat['runtime']})")]
+    return rows
+
+
+def _prune_section(report: dict[str, Any]) -> list[str]:
+    p = _pass_metrics(report, "prune")
+    if not p.get("pruned"):
+        return []
+    record = next(r for r in report["passes"] if r["name"] == "prune")
+    folder = Path(record["output"]).parent.as_posix() if record.get("output") else ""
+    lines = ["", "## Structured pruning (CoFi)", ""]
+    if folder:
+        lines += [f"![units kept per group]({folder}/{p['chart']})", ""]
+    lines += ["| group | kind | layer | kept / size |", "|---|---|---|---|"]
+    lines += [f"| {r['group']} | {r['kind']} | {r['layer']} | {r['kept']} / {r['size']} |" for r in p["structure"]]
+    if p.get("latency_model"):
+        m = p["latency_model"]
+        lines += ["", f"Latency budget through a cost model: {m['fixed_ms']:.3f} ms + {m['slope_ms']:.3f} ms x MACs "
+                      f"fraction, fitted on {m['runtime']} (largest error on the measured variants "
+                      f"{m['max_relative_error']:.1%})."]
+    lines += ["", "Gate learning (expected kept fraction of the budgeted cost, per epoch): "
+              + ", ".join(f"{h[next(k for k in h if k.startswith('expected_'))]:.1%}" for h in p["gate_history"])]
+    if p.get("finetune_history"):
+        lines += ["", "Fine-tune after the shrink (validation output error to the teacher, per epoch): "
+                  + ", ".join(f"{h['val_output_error']:.3g}" for h in p["finetune_history"])]
+    return lines
+
+
 def summary_table(report: dict[str, Any]) -> str:
     rows = summary_rows(report)
     width = max(len(k) for k, _ in rows)
@@ -138,6 +180,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if v.get("fp32_onnx_baseline_error"):
             lines += ["", f"No FP32 onnxruntime baseline: the teacher did not export ({v['fp32_onnx_baseline_error']})."]
+    lines += _prune_section(report)
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
         lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",

@@ -22,7 +22,7 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.temperature <= 0:
+        if self.epochs < 0 or self.batch < 1 or (self.lr is not None and self.lr <= 0) or self.temperature <= 0:
             raise ValueError("epochs must be >= 0, batch >= 1, lr and temperature > 0")
         if self.patience < 0 or min(self.kd_weight, self.label_weight, self.feature_weight) < 0:
             raise ValueError("patience must be >= 0 and the loss weights >= 0")

@@ -1,5 +1,6 @@
 """The `distill` pass: knowledge-distillation fine-tune of the incoming student module towards the
-run's teacher (the model as loaded), on the calibration samples less a validation slice.
+run's teacher (the model as loaded), on the recipe's training samples (its calibration samples
+unless it sets training_samples) less a validation slice.
 
 The student is any module: a pruned network, a searched architecture, or the teacher itself
 (self-distillation after an earlier pass changed it). It is trained in aten graph form, as the
@@ -62,10 +63,12 @@ class DistillPass(Pass):
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
         cfg, spec = self.config, artifact.spec
-        data = split_validation(ctx.data.calib, ctx.data.calib_labels, cfg.val_fraction, cfg.seed)
+        inputs, labels = ctx.data.training()
+        data = split_validation(inputs, labels, cfg.val_fraction, cfg.seed)
         if data.samples < cfg.batch:
             raise CompressError(f"calibration recipe '{ctx.data.recipe}' leaves {data.samples} training samples, "
-                                f"fewer than one batch ({cfg.batch}); add samples or set distill.batch lower")
+                                f"fewer than one batch ({cfg.batch}); add samples (training_samples) or set "
+                                f"distill.batch lower")
         metric_name, evaluate = get_evaluator(None, spec.task)
         teacher = ctx.reference.module
         student, static = to_graph_module(artifact.module, spec)
@@ -88,7 +91,9 @@ class DistillPass(Pass):
             return value
 
         before = score(student)
-        history = train(student, data.samples, loss, score, cfg, ctx.progress, label="distill") if cfg.epochs else []
+        checkpoint = ctx.checkpoints / "distill.pt" if ctx.checkpoints else None
+        history = train(student, data.samples, loss, score, cfg, ctx.progress, label="distill",
+                        checkpoint=checkpoint) if cfg.epochs else []
         after = score(student)
         ctx.progress.log(f"  {metric_name} vs teacher on the validation slice: {before.metric:.4f} -> {after.metric:.4f}")
         metrics = {"metric_name": metric_name, "training_samples": data.samples, "validation_samples": data.val[0].shape[0],

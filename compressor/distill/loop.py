@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..artifacts import write_atomic
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..progress import Progress
 from .fidelity import Fidelity
 
@@ -75,21 +75,17 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
 
 
 def _save(path: Path | None, state: dict, student, optimizer, schedule, gen) -> None:
-    if path is None:
-        return
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({**state, "best": state["best"].key(), "model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "generator": gen.get_state()}, buffer)
-    write_atomic(path, buffer.getvalue())
+    if path is not None:
+        save_checkpoint(path, {**state, "best": state["best"].key(), "model": student.state_dict(),
+                               "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                               "generator": gen.get_state()})
 
 
 def _resume(path: Path | None, student, optimizer, schedule, gen) -> dict | None:
     """The loop's state from a checkpoint an interrupted run left, or None to start fresh."""
-    if path is None or not path.is_file():
+    saved = load_checkpoint(path)
+    if saved is None:
         return None
-    saved = torch.load(path, weights_only=True)
     student.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])

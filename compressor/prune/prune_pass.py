@@ -1,0 +1,175 @@
+"""The `prune` pass: CoFi structured pruning to a budget, then a distillation fine-tune of the
+physically smaller model. Its output is an ordinary module with fewer channels, heads, FFN
+dimensions, blocks or layers, which the rest of the pipeline quantizes and lowers as usual.
+
+    1. discover the model's structure (discover.py); none: the model passes on unchanged
+    2. check the budget is reachable at all (every group at its minimum), before any training
+    3. learn hard-concrete gates and the weights together under the Lagrangian (cofi.py)
+    4. choose the kept units to meet the budget exactly, widths rounded to multiples of `round_to`
+    5. shrink physically, then fine-tune the small model against the teacher (compressor.distill)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..artifacts import MODULE, Artifact
+from ..distill import DistillConfig, batched_outputs, fidelity_scorer, prediction_loss, split_validation, train
+from ..errors import CompressError
+from ..evaluators import get_evaluator
+from ..model_io import StaticBatchAdapter, first_output
+from ..passes import Pass, PassResult, RunContext, register
+from .budget import Budget, from_options
+from .cofi import CofiSettings, check_reachable, choose_units, learn_gates
+from .discover import discover
+from .latency_model import onnx_latency
+from .report import kept_chart, kept_table
+from .structure import full_counts
+
+# fine-tuning and gate learning rates by model family: a CNN from its own training recovers with
+# Adam at 1e-3; a pretrained Transformer needs CoFi's small rates or forgets what it knew
+FAMILY_LR = {"cnn": 1e-3, "transformer": 5e-5}
+
+
+@dataclass
+class PruneConfig(DistillConfig):
+    sparsity: float | None = None  # fraction of the prunable parameters to remove
+    macs_budget: float | None = None  # fraction of the teacher's MACs to keep
+    latency_budget: float | None = None  # fraction of the teacher's latency on the target's runner
+    prune_epochs: int = 4  # gate learning; `epochs` is the fine-tune after the shrink
+    epochs: int = 4
+    lr: float | None = None  # None: FAMILY_LR
+    gate_lr: float = 0.05
+    lambda_lr: float = 0.05
+    warmup: float = 0.5  # fraction of the gate-learning steps over which the target tightens
+    round_to: int = 8  # kept channel and FFN widths are multiples of this (wide groups only)
+    patience: int = 2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prune_epochs < 1 or self.gate_lr <= 0 or self.lambda_lr <= 0 or self.round_to < 1:
+            raise ValueError("prune_epochs must be >= 1, gate_lr and lambda_lr > 0, round_to >= 1")
+        if not 0 <= self.warmup <= 1:
+            raise ValueError("warmup must be in [0, 1]")
+        self.budget()  # a budget outside (0, 1), or two of them, fails before any work
+
+    def budget(self) -> Budget | None:
+        return from_options(self.sparsity, self.macs_budget, self.latency_budget)
+
+
+@register
+class PrunePass(Pass):
+    name = "prune"
+    takes = (MODULE,)
+    returns = MODULE
+    needs_calibration = True
+    Config = PruneConfig
+
+    def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
+        cfg, spec = self.config, artifact.spec
+        budget = cfg.budget()
+        if budget is None:
+            raise CompressError("pass 'prune' needs a budget: --sparsity S, --macs-budget F or --latency-budget F "
+                                "(or prune.sparsity / macs_budget / latency_budget in the pipeline TOML)")
+        inputs, labels = ctx.data.training()
+        data = split_validation(inputs, labels, cfg.val_fraction, cfg.seed)
+        if data.samples < cfg.batch:
+            raise CompressError(f"calibration recipe '{ctx.data.recipe}' leaves {data.samples} training samples, "
+                                f"fewer than one batch ({cfg.batch}); add samples (training_samples) or set prune.batch lower")
+        found = discover(artifact.module, spec, tuple(x[:1] for x in data.train))
+        if found is None:
+            ctx.progress.log("  no prunable structure found: the model passes on unchanged")
+            return PassResult(artifact, {"pruned": False, "reason": "no prunable structure (channels, heads, FFN, "
+                                                                   "blocks or layers) found in the model"})
+        family, structure = found
+        lr = cfg.lr if cfg.lr is not None else FAMILY_LR[family]
+        full = {k: float(v) for k, v in structure.expected_cost(full_counts(structure)).items()}
+
+        keep_fraction, latency_model = budget.keep_fraction, None
+        if budget.kind == "latency":
+            from .latency_model import fit_latency_model
+
+            latency_model = fit_latency_model(structure, family, spec, ctx, tuple(x[:1] for x in data.val))
+            keep_fraction = latency_model.macs_fraction_for(budget.value)
+        check_reachable(structure, budget.cost, keep_fraction, {k: torch.tensor(v) for k, v in full.items()})
+        ctx.progress.log(f"  {family}: {len(structure.groups)} prunable groups, budget {budget.describe()} "
+                         f"(keep {keep_fraction:.1%} of {budget.cost})")
+
+        teacher = ctx.reference.module
+        metric_name, evaluate = get_evaluator(None, spec.task)
+        teacher_train = batched_outputs(teacher, data.train, cfg.batch)
+        teacher_val = batched_outputs(teacher, data.val, cfg.batch)
+        score = fidelity_scorer(data.val, teacher_val, evaluate, cfg.batch)
+        model = structure.model
+        model.eval()  # dropout off, nothing left in BatchNorm to update: distillation from a converged teacher
+
+        def gated_loss(idx: torch.Tensor, gates: dict[str, torch.Tensor]) -> torch.Tensor:
+            with structure.gated(gates):
+                out = first_output(model(*(x[idx] for x in data.train)))
+            return prediction_loss(out, teacher_train[idx], spec.task, cfg,
+                                   data.labels[idx] if data.labels is not None else None)
+
+        settings = CofiSettings(epochs=cfg.prune_epochs, batch=cfg.batch, lr=lr, gate_lr=cfg.gate_lr,
+                                lambda_lr=cfg.lambda_lr, warmup=cfg.warmup, round_to=cfg.round_to, seed=cfg.seed)
+        checkpoints = ctx.checkpoints
+        gates, gate_history = learn_gates(structure, gated_loss, data.samples, budget.cost, keep_fraction, settings,
+                                          ctx.progress, checkpoints / "gates.pt" if checkpoints else None)
+        keep, kept = choose_units(structure, gates.probabilities(), budget.cost, keep_fraction, cfg.round_to)
+        counts = {name: torch.tensor(float(mask.sum())) for name, mask in keep.items()}
+        after = {k: float(v) for k, v in structure.expected_cost(counts).items()}
+        ctx.progress.log(f"  kept {after['params'] / full['params']:.1%} of the prunable parameters, "
+                         f"{after['macs'] / full['macs']:.1%} of the MACs")
+
+        student = structure.shrink(keep)
+        student.eval()
+        before_finetune = score(student)
+
+        def loss(idx: torch.Tensor) -> torch.Tensor:
+            out = first_output(student(*(x[idx] for x in data.train)))
+            return prediction_loss(out, teacher_train[idx], spec.task, cfg,
+                                   data.labels[idx] if data.labels is not None else None)
+
+        finetune = DistillConfig(epochs=cfg.epochs, lr=lr, batch=cfg.batch, temperature=cfg.temperature,
+                                 kd_weight=cfg.kd_weight, label_weight=cfg.label_weight, patience=cfg.patience,
+                                 val_fraction=cfg.val_fraction, seed=cfg.seed)
+        history = train(student, data.samples, loss, score, finetune, ctx.progress, label="fine-tune",
+                        checkpoint=checkpoints / "finetune.pt" if checkpoints else None) if cfg.epochs else []
+        held = self._held_out(ctx, student, teacher, evaluate, cfg.batch)
+        ctx.progress.log(f"  {metric_name} on held-out: teacher {held['teacher']:.4f}, pruned {held['pruned']:.4f}")
+        latency, runtime = onnx_latency({"teacher": teacher, "pruned": student}, spec, tuple(x[:1] for x in data.val), ctx)
+        ctx.progress.log(f"  FP32 latency, 1 thread ({runtime}): teacher {latency['teacher']:.3f} ms, "
+                         f"pruned {latency['pruned']:.3f} ms ({latency['teacher'] / latency['pruned']:.2f}x faster)")
+        rows = kept_table(structure, keep)
+        kept_chart(rows, workdir / "kept.png", f"{family} pruned to {budget.describe()}: units kept per group")
+
+        metrics = {
+            "pruned": True, "family": family, "budget": {"kind": budget.kind, "value": budget.value,
+                                                          "keep_fraction": keep_fraction, "cost": budget.cost},
+            "params": {"before": full["params"], "after": after["params"]},
+            "macs": {"before": full["macs"], "after": after["macs"]},
+            "kept_fraction": kept, "metric_name": metric_name,
+            "teacher_metric": held["teacher"], "pruned_metric": held["pruned"],
+            "validation": {"before_finetune": before_finetune.as_dict(), "after_finetune": score(student).as_dict()},
+            "structure": rows, "chart": "kept.png",
+            "latency_fp32": {"runtime": runtime, "threads": 1, "teacher_ms": latency["teacher"],
+                             "pruned_ms": latency["pruned"], "speedup": latency["teacher"] / latency["pruned"]},
+            "gate_history": gate_history, "finetune_history": history,
+            "training_samples": data.samples, "validation_samples": int(data.val[0].shape[0]),
+        }
+        if latency_model is not None:
+            metrics["latency_model"] = latency_model.as_dict()
+        static = getattr(structure, "static_batch", None)
+        module = StaticBatchAdapter(student, static) if static else student
+        meta = {**artifact.meta, "pruned": True}
+        return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=meta), metrics)
+
+    @staticmethod
+    def _held_out(ctx: RunContext, student, teacher, evaluate, batch: int) -> dict[str, float]:
+        data = ctx.data
+        labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
+        reference = batched_outputs(teacher, data.holdout, batch).numpy()
+        pruned = batched_outputs(student, data.holdout, batch).numpy()
+        return {"teacher": evaluate(reference, reference, labels)["metric"],
+                "pruned": evaluate(pruned, reference, labels)["metric"]}
