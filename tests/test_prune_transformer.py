@@ -99,6 +99,15 @@ def test_gates_act_only_inside_the_context():
     assert torch.equal(model(ids, mask), before)
 
 
+def test_every_gate_gets_a_gradient():
+    model = tiny(HFClassifier)
+    structure = discover_transformer(model)
+    gates = {g.name: torch.full((g.size,), 0.7, requires_grad=True) for g in structure.groups}
+    with structure.gated(gates):
+        model(*tokens()).square().sum().backward()
+    assert all(gate.grad is not None and gate.grad.abs().sum() > 0 for gate in gates.values())
+
+
 @pytest.mark.parametrize("kind,attention", [(HFEncoder, "sdpa"), (HFClassifier, "eager"), (HFClassifier, "sdpa")])
 def test_the_shrunk_model_computes_what_the_gated_model_computes(kind, attention):
     model = tiny(kind, attention)
@@ -113,6 +122,24 @@ def test_the_shrunk_model_computes_what_the_gated_model_computes(kind, attention
         assert encoder_params(small) < encoder_params(model)
         cost = structure.expected_cost({name: k.sum().float() for name, k in keep.items()})
         assert cost["params"].item() == encoder_params(small)  # the cost model is the shrunk model's size
+
+
+def test_a_shrunk_model_can_be_pruned_again():
+    model = tiny(HFClassifier)
+    structure = discover_transformer(model)
+    small = structure.shrink(random_keep(structure, 1))
+    again = discover_transformer(small)
+    # layer 0 lost its heads, layer 1 its FFN, layer 2 its MHA and its FFN dims: no groups left for those
+    assert len(again.groups) == len(structure.groups) - 8
+    cost = again.expected_cost(full_counts(again))
+    assert cost["params"].item() == encoder_params(small)
+    gen = torch.Generator().manual_seed(2)
+    keep = {g.name: torch.arange(g.size) < max(g.min_keep, 1) + torch.randint(0, g.size, (), generator=gen)
+            for g in again.groups}
+    ids, mask = tokens()
+    with again.gated({name: k.float() for name, k in keep.items()}):
+        gated = small(ids, mask)
+    torch.testing.assert_close(again.shrink(keep)(ids, mask), gated)
 
 
 def test_full_counts_cost_the_exact_params_and_macs():
@@ -153,7 +180,7 @@ def test_the_shrunk_model_saves_reloads_and_exports_with_smaller_tensors(tmp_pat
     torch.testing.assert_close(reloaded(ids, mask), small(ids, mask))
 
     spec = InputSpec(tuple(TensorSpec(name, ("batch", "sequence"), "int64") for name in INPUTS), max_sequence=64)
-    export_onnx(reloaded, spec, tmp_path / "small.onnx")
+    assert export_onnx(reloaded, spec, tmp_path / "small.onnx") == "dynamo"  # dynamic batch and sequence
     graph = onnx.load(str(tmp_path / "small.onnx")).graph
     exported = sum(int(np.prod(t.dims)) for t in graph.initializer)
     assert exported < sum(p.numel() for p in model.parameters())

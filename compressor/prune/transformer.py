@@ -102,6 +102,7 @@ class TransformerStructure:
         self.layer_names: list[LayerNames] = []
         for i, layer in enumerate(base.encoder.layer):
             self.layer_names.append(self._layer_groups(i, layer))
+        self._gating = 0  # open gated() contexts: their hooks must not leak into a shrunk copy
         self.hidden_name = ""
         if _hidden_prunable(model):
             self.hidden_name = "embeddings:hidden"
@@ -139,6 +140,7 @@ class TransformerStructure:
         and zeroing the others, which is what the shrunk model's narrower LayerNorms compute."""
         handles = []
         hidden = gates.get(self.hidden_name) if self.hidden_name else None
+        self._gating += 1
         try:
             for names, layer in zip(self.layer_names, self.base.encoder.layer):
                 if names.heads:
@@ -160,6 +162,7 @@ class TransformerStructure:
         finally:
             for handle in handles:
                 handle.remove()
+            self._gating -= 1
 
     # --- cost and shrink ------------------------------------------------------------------------
 
@@ -169,6 +172,8 @@ class TransformerStructure:
         return expected_cost(self, counts)
 
     def shrink(self, keep: dict[str, torch.Tensor]) -> nn.Module:
+        if self._gating:
+            raise RuntimeError("shrink() inside gated(): the copy would keep the gating hooks")
         return shrink_bert(self, keep)
 
 

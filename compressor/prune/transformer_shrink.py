@@ -28,7 +28,7 @@ class SkippedAttention(nn.Module):
     def __init__(self, layer_norm: nn.LayerNorm, offset: torch.Tensor | None, dropout: float):
         super().__init__()
         self.LayerNorm = layer_norm
-        self.offset = None if offset is None else nn.Parameter(offset.detach().clone())
+        self.offset = None if offset is None else _like(offset, offset)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor]:
@@ -45,7 +45,7 @@ class SkippedOutput(nn.Module):
     def __init__(self, layer_norm: nn.LayerNorm, offset: torch.Tensor | None, dropout: float):
         super().__init__()
         self.LayerNorm = layer_norm
-        self.offset = None if offset is None else nn.Parameter(offset.detach().clone())
+        self.offset = None if offset is None else _like(offset, offset)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def _shrink_ffn(layer: nn.Module, dims: torch.Tensor, keep_layer: bool) -> None:
 def _shrink_hidden(model: nn.Module, base: nn.Module, idx: torch.Tensor) -> None:
     emb = base.embeddings
     for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
-        table.weight = nn.Parameter(table.weight.detach()[:, idx].clone())
+        table.weight = _like(table.weight, table.weight[:, idx])
         table.embedding_dim = idx.numel()
     _narrow_norm(emb.LayerNorm, idx)
     for layer in base.encoder.layer:
@@ -123,7 +123,7 @@ def _shrink_hidden(model: nn.Module, base: nn.Module, idx: torch.Tensor) -> None
             if isinstance(sub, (SkippedAttention, SkippedOutput)):
                 _narrow_norm(sub.LayerNorm, idx)
                 if sub.offset is not None:
-                    sub.offset = nn.Parameter(sub.offset.detach()[idx].clone())
+                    sub.offset = _like(sub.offset, sub.offset[idx])
         if not isinstance(layer.attention, SkippedAttention):
             for name in ("query", "key", "value"):
                 _narrow_linear(getattr(layer.attention.self, name), inp=idx)
@@ -144,21 +144,26 @@ def _shrink_hidden(model: nn.Module, base: nn.Module, idx: torch.Tensor) -> None
 
 
 def _narrow_linear(linear: nn.Linear, out: torch.Tensor | None = None, inp: torch.Tensor | None = None) -> None:
-    weight = linear.weight.detach()
+    weight = linear.weight
     if out is not None:
         weight = weight[out]
         if linear.bias is not None:
-            linear.bias = nn.Parameter(linear.bias.detach()[out].clone())
+            linear.bias = _like(linear.bias, linear.bias[out])
         linear.out_features = out.numel()
     if inp is not None:
         weight = weight[:, inp]
         linear.in_features = inp.numel()
-    linear.weight = nn.Parameter(weight.clone())
+    linear.weight = _like(linear.weight, weight)
 
 
 def _narrow_norm(norm: nn.LayerNorm, idx: torch.Tensor) -> None:
     if norm.weight is not None:
-        norm.weight = nn.Parameter(norm.weight.detach()[idx].clone())
+        norm.weight = _like(norm.weight, norm.weight[idx])
     if norm.bias is not None:
-        norm.bias = nn.Parameter(norm.bias.detach()[idx].clone())
+        norm.bias = _like(norm.bias, norm.bias[idx])
     norm.normalized_shape = (idx.numel(),)
+
+
+def _like(param: nn.Parameter, value: torch.Tensor) -> nn.Parameter:
+    """A new parameter holding `value`, frozen or trainable as `param` was."""
+    return nn.Parameter(value.detach().clone(), requires_grad=param.requires_grad)
