@@ -70,6 +70,8 @@ def test_an_encoder_has_per_layer_groups_and_no_hidden_group():
     dims, ffn = by_name["encoder.layer.2.ffn:ffn_dims"], by_name["encoder.layer.2.ffn:ffn_layer"]
     assert (dims.kind, dims.size, ffn.kind, ffn.contains) == ("ffn_dims", FFN, "ffn_layer", (dims.name,))
     assert [g.name for g in discover_transformer(tiny(HFEncoder, seed=5)).groups] == list(by_name)  # stable
+    modules = dict(structure.model.named_modules())
+    assert [modules[path] for path in structure.layer_paths] == list(structure.base.encoder.layer)
 
 
 def test_a_classifier_may_shrink_its_hidden_dimension():

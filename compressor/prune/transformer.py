@@ -100,6 +100,10 @@ class TransformerStructure:
         self.hidden_size = base.embeddings.word_embeddings.embedding_dim
         self.groups: list[UnitGroup] = []
         self.layer_names: list[LayerNames] = []
+        # where each encoder layer sits in `model` (its output: the hidden state that layerwise
+        # distillation matches; full width, pruned dims zero, while gated)
+        prefix = "model.bert" if base is not model.model else "model"
+        self.layer_paths = [f"{prefix}.encoder.layer.{i}" for i in range(len(base.encoder.layer))]
         for i, layer in enumerate(base.encoder.layer):
             self.layer_names.append(self._layer_groups(i, layer))
         self._gating = 0  # open gated() contexts: their hooks must not leak into a shrunk copy
