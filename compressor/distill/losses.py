@@ -49,3 +49,20 @@ def relation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Distance between the sample relations of student and teacher features (DisWOT's relation
     similarity, as a loss): 0 when both order the batch's samples alike, whatever their widths."""
     return ((sample_relations(student) - sample_relations(teacher)) ** 2).mean()
+
+
+def matched_layer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """CoFi's layerwise distillation: each teacher layer's output is matched to the student layer
+    closest to it (normalised MSE), matches moving forward through the student only, so a pruned
+    student whose early layers lost their sub-layers lets later layers take over their role.
+    Layers of another width than the teacher's are not comparable and are left out."""
+    comparable = [s for s in student if s.shape == teacher[0].shape]
+    if not comparable or not teacher:
+        raise ValueError("matched_layer_loss needs student layers of the teacher layers' shape")
+    losses, first = [], 0
+    for t in teacher:
+        distances = torch.stack([normalised_mse(s, t) for s in comparable[first:]])
+        best = int(distances.detach().argmin())
+        losses.append(distances[best])
+        first += best
+    return torch.stack(losses).mean()

@@ -10,13 +10,15 @@ dimensions, blocks or layers, which the rest of the pipeline quantizes and lower
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..artifacts import MODULE, Artifact
-from ..distill import DistillConfig, batched_outputs, fidelity_scorer, prediction_loss, split_validation, train
+from ..distill import (DistillConfig, HookTaps, batched_outputs, fidelity_scorer, matched_layer_loss, prediction_loss,
+                       split_validation, train)
 from ..errors import CompressError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter, first_output
@@ -45,18 +47,55 @@ class PruneConfig(DistillConfig):
     lambda_lr: float = 0.05
     warmup: float = 0.5  # fraction of the gate-learning steps over which the target tightens
     round_to: int = 8  # kept channel and FFN widths are multiples of this (wide groups only)
+    layer_weight: float = 1.0  # CoFi's layerwise distillation, where the structure names its layers
     patience: int = 2
 
     def __post_init__(self):
         super().__post_init__()
-        if self.prune_epochs < 1 or self.gate_lr <= 0 or self.lambda_lr <= 0 or self.round_to < 1:
-            raise ValueError("prune_epochs must be >= 1, gate_lr and lambda_lr > 0, round_to >= 1")
+        if self.prune_epochs < 1 or self.gate_lr <= 0 or self.lambda_lr <= 0 or self.round_to < 1 or self.layer_weight < 0:
+            raise ValueError("prune_epochs must be >= 1, gate_lr and lambda_lr > 0, round_to >= 1, layer_weight >= 0")
         if not 0 <= self.warmup <= 1:
             raise ValueError("warmup must be in [0, 1]")
         self.budget()  # a budget outside (0, 1), or two of them, fails before any work
 
     def budget(self) -> Budget | None:
         return from_options(self.sparsity, self.macs_budget, self.latency_budget)
+
+
+class LayerDistillation:
+    """CoFi's layerwise loss: the teacher's layer outputs on each batch against the student's
+    (matched_layer_loss), for structures that name their layers; a no-op for the others."""
+
+    def __init__(self, teacher, paths: list[str] | None, weight: float):
+        self.teacher, self.paths, self.weight = teacher, paths if weight > 0 else None, weight
+        self.teacher_layers: list[torch.Tensor] = []
+        self.student_taps: HookTaps | None = None
+
+    def run_teacher(self, batch: tuple[torch.Tensor, ...]) -> None:
+        if self.paths:
+            with torch.no_grad(), HookTaps(self.teacher, self.paths) as taps:
+                self.teacher(*batch)
+                self.teacher_layers = [v.detach() for v in taps.values]
+
+    @contextlib.contextmanager
+    def tap(self, student):
+        if not self.paths:
+            yield
+            return
+        with HookTaps(student, self.paths) as taps:
+            self.student_taps = taps
+            try:
+                yield
+            finally:
+                self.student_taps = None
+
+    def loss(self) -> torch.Tensor | float:
+        if not self.paths or self.student_taps is None:
+            return 0.0
+        student = self.student_taps.values
+        if not any(s.shape == self.teacher_layers[0].shape for s in student):
+            return 0.0  # a student of another hidden width: its layers are not comparable
+        return self.weight * matched_layer_loss(student, self.teacher_layers)
 
 
 @register
@@ -105,11 +144,16 @@ class PrunePass(Pass):
         model = structure.model
         model.eval()  # dropout off, nothing left in BatchNorm to update: distillation from a converged teacher
 
+        layers = LayerDistillation(teacher, getattr(structure, "layer_paths", None), cfg.layer_weight)
+
         def gated_loss(idx: torch.Tensor, gates: dict[str, torch.Tensor]) -> torch.Tensor:
-            with structure.gated(gates):
-                out = first_output(model(*(x[idx] for x in data.train)))
-            return prediction_loss(out, teacher_train[idx], spec.task, cfg,
-                                   data.labels[idx] if data.labels is not None else None)
+            batch = tuple(x[idx] for x in data.train)
+            layers.run_teacher(batch)
+            with layers.tap(model), structure.gated(gates):
+                out = first_output(model(*batch))
+                extra = layers.loss()
+            return extra + prediction_loss(out, teacher_train[idx], spec.task, cfg,
+                                           data.labels[idx] if data.labels is not None else None)
 
         settings = CofiSettings(epochs=cfg.prune_epochs, batch=cfg.batch, lr=lr, gate_lr=cfg.gate_lr,
                                 lambda_lr=cfg.lambda_lr, warmup=cfg.warmup, round_to=cfg.round_to, seed=cfg.seed)
@@ -127,9 +171,13 @@ class PrunePass(Pass):
         before_finetune = score(student)
 
         def loss(idx: torch.Tensor) -> torch.Tensor:
-            out = first_output(student(*(x[idx] for x in data.train)))
-            return prediction_loss(out, teacher_train[idx], spec.task, cfg,
-                                   data.labels[idx] if data.labels is not None else None)
+            batch = tuple(x[idx] for x in data.train)
+            layers.run_teacher(batch)
+            with layers.tap(student):
+                out = first_output(student(*batch))
+                extra = layers.loss()
+            return extra + prediction_loss(out, teacher_train[idx], spec.task, cfg,
+                                           data.labels[idx] if data.labels is not None else None)
 
         finetune = DistillConfig(epochs=cfg.epochs, lr=lr, batch=cfg.batch, temperature=cfg.temperature,
                                  kd_weight=cfg.kd_weight, label_weight=cfg.label_weight, patience=cfg.patience,
