@@ -131,6 +131,11 @@ class CnnStructure:
             macs, params = macs + m, params + p
         return {"params": params, "macs": macs}
 
+    def layer_macs(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """MACs per conv/linear (keyed by module path, else node name): the report's per-layer view."""
+        counts = {k: torch.as_tensor(v).double() for k, v in counts.items()}
+        return {module_path(l.node) or l.node.name: self._layer_cost(l, counts)[0] for l in self.analysis.layers}
+
     def _layer_cost(self, layer: Layer, counts: dict):
         def channels(layout, default):
             return default if layout is None else sum(self.count(s, counts) * s.rep for s in layout)
