@@ -132,9 +132,16 @@ class CnnStructure:
         return {"params": params, "macs": macs}
 
     def layer_macs(self, counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """MACs per conv/linear (keyed by module path, else node name): the report's per-layer view."""
+        """MACs per conv/linear (keyed by module path, else node name), scaled by their enclosing
+        blocks' counts: the report's per-layer view."""
         counts = {k: torch.as_tensor(v).double() for k, v in counts.items()}
-        return {module_path(l.node) or l.node.name: self._layer_cost(l, counts)[0] for l in self.analysis.layers}
+        out = {}
+        for layer in self.analysis.layers:
+            macs = self._layer_cost(layer, counts)[0]
+            for block in layer.blocks:
+                macs = macs * counts[block] if block in counts else macs
+            out[module_path(layer.node) or layer.node.name] = macs
+        return out
 
     def _layer_cost(self, layer: Layer, counts: dict):
         def channels(layout, default):
