@@ -199,6 +199,14 @@ def test_resnet_groups_blocks_and_cost():
     macs, params = eager_cost(net, 16)
     cost = structure.expected_cost(full_counts(structure))
     assert (cost["macs"].item(), cost["params"].item()) == (macs, params)
+    # differentiable in every group's count and gate
+    counts = {k: v.clone().requires_grad_() for k, v in full_counts(structure).items()}
+    structure.expected_cost(counts)["macs"].backward()
+    assert all(c.grad is not None and c.grad.item() > 0 for c in counts.values())
+    gates = {g.name: torch.full((g.size,), 0.5, requires_grad=True) for g in structure.groups}
+    with structure.gated(gates):
+        structure.model(x).square().sum().backward()
+    assert all(g.grad is not None and g.grad.abs().sum() > 0 for g in gates.values())
 
 
 def test_resnet_gated_equals_shrunk_and_blocks_vanish():

@@ -111,10 +111,11 @@ class CnnStructure:
         if spec[0] == "block":
             return gates[spec[1]].reshape(()) if spec[1] in gates else None
         _, layout, rank = spec
+        like = next(iter(gates.values()), torch.ones(()))
         parts = []
         for seg in layout:
             group = self.group_of.get(self.analysis.spaces.find(seg.space))
-            part = gates[group] if group in gates else torch.ones(seg.count)
+            part = gates[group] if group in gates else torch.ones(seg.count, device=like.device, dtype=like.dtype)
             parts.append(part.repeat_interleave(seg.rep) if seg.rep > 1 else part)
         return torch.cat(parts).reshape(1, -1, *([1] * (rank - 2)))
 

@@ -187,7 +187,7 @@ class _Propagation:
 
     def shape(self, node) -> tuple | None:
         s = self.shapes.get(node) if isinstance(node, fx.Node) else None
-        return s if s and all(isinstance(d, int) for d in s) else None
+        return s if s is not None and all(isinstance(d, int) for d in s) else None
 
     def layout(self, node) -> Layout | None:
         return self.layouts.get(node) if isinstance(node, fx.Node) else None
