@@ -126,3 +126,26 @@ def static_spec(spec: InputSpec, calib: tuple) -> InputSpec:
                                             for axis, d in enumerate(t.shape)), t.dtype)
                    for t, x in zip(spec.inputs, calib))
     return replace(spec, inputs=inputs, static_batch=1)
+
+
+def without_inplace_ops(gm: fx.GraphModule) -> int:
+    """Replace in-place aten ops (`relu_`, `hardtanh_`, `add_`, ...) by their functional forms.
+    torch.export keeps `nn.ReLU(inplace=True)` as `relu_`; harmless for inference, but training a
+    graph whose structure changed (a pruned residual block's add removed) can then overwrite a
+    value autograd saved. Returns how many ops were replaced."""
+    replaced = 0
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+            continue
+        name = target._schema.name.split("::")[-1]
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        packet = getattr(torch.ops.aten, name[:-1], None)
+        functional = getattr(packet, target._overloadname, None) if packet is not None else None
+        if functional is not None:
+            node.target = functional
+            replaced += 1
+    if replaced:
+        gm.recompile()
+    return replaced

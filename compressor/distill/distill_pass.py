@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import MODULE, Artifact
-from ..capture import to_graph_module
+from ..capture import to_graph_module, without_inplace_ops
 from ..errors import CompressError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter, first_output
@@ -72,6 +72,7 @@ class DistillPass(Pass):
         metric_name, evaluate = get_evaluator(None, spec.task)
         teacher = ctx.reference.module
         student, static = to_graph_module(artifact.module, spec)
+        without_inplace_ops(student)
         teacher_train = batched_outputs(teacher, data.train, cfg.batch)
         score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
 

@@ -20,12 +20,13 @@ def _transformer(module: nn.Module, spec: InputSpec, example: tuple[torch.Tensor
 
 
 def _cnn(module: nn.Module, spec: InputSpec, example: tuple[torch.Tensor, ...]) -> Structure | None:
-    from ..capture import to_graph_module
+    from ..capture import to_graph_module, without_inplace_ops
     from ..quantize.graph import fold_batchnorm
     from .cnn import discover_cnn
 
     gm, static = to_graph_module(module, spec)  # a private copy in aten graph form
     fold_batchnorm(gm)  # gates and shrink then see convs with biases, nothing between them and ReLU
+    without_inplace_ops(gm)  # training the shrunk graph must not overwrite what autograd saved
     if static:
         example = tuple(x[:1].expand(static, *x.shape[1:]).contiguous() for x in example)
     structure = discover_cnn(gm, example)
