@@ -92,3 +92,26 @@ def test_recipe_errors_name_file_and_key(tmp_path):
         _recipe(tmp_path, 'source = "mnist"\ncalibration_samples = "many"\n')
     with pytest.raises(CompressError, match="malformed TOML"):
         _recipe(tmp_path, 'source = \n')
+
+
+def test_training_samples_extend_the_calibration_side_never_the_held_out(tmp_path):
+    import numpy as np
+
+    from compressor.artifacts import InputSpec, TensorSpec
+    from compressor.calibration import load_calibration, load_recipe
+
+    x = np.arange(100, dtype=np.float32).reshape(100, 1)
+    np.save(tmp_path / "x.npy", x)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('source = "npy"\npath = "x.npy"\ncalibration_samples = 10\ntraining_samples = 60\n'
+                      'holdout_samples = 30\n')
+    spec = InputSpec((TensorSpec("x", ("batch", 1)),))
+    data = load_calibration(load_recipe(str(recipe)), spec)
+    train, _ = data.training()
+    assert data.num_calib == 10 and train[0].shape[0] == 60 and data.num_holdout == 30
+    assert set(data.calib[0].flatten().tolist()) <= set(train[0].flatten().tolist())  # calibration starts it
+    assert not set(train[0].flatten().tolist()) & set(data.holdout[0].flatten().tolist())
+    plain = tmp_path / "plain.toml"
+    plain.write_text('source = "npy"\npath = "x.npy"\ncalibration_samples = 10\nholdout_samples = 30\n')
+    same = load_calibration(load_recipe(str(plain)), spec)
+    assert same.training()[0][0].shape[0] == 10  # without training_samples: the calibration samples

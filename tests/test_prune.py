@@ -22,11 +22,12 @@ def test_hard_concrete_gates_are_exactly_zero_or_one_often_and_their_expected_l0
     torch.manual_seed(0)
     gates = HardConcreteGates(4000, init_keep=0.7)
     assert float(gates.keep_probability().detach().mean()) == pytest.approx(0.7, abs=1e-5)
-    samples = gates.sample().detach()
+    sampled = gates.sample()
+    samples = sampled.detach()
     assert float(samples.min()) == 0.0 and float(samples.max()) == 1.0
     assert float((samples == 0).float().mean()) > 0.05 and float((samples == 1).float().mean()) > 0.05
     assert float((samples > 0).float().mean()) == pytest.approx(0.7, abs=0.03)  # P(gate != 0)
-    samples.sum().backward()
+    sampled.sum().backward()
     assert gates.log_alpha.grad is not None and gates.log_alpha.grad.abs().sum() > 0
 
 
@@ -71,10 +72,10 @@ def test_budgets_are_checked():
     assert Budget("sparsity", 0.6).cost == "params" and Budget("latency", 0.5).cost == "macs"
 
 
-def _config(tmp_path: Path, body: str) -> Path:
+def _config(tmp_path: Path, body: str, passes: str = '"prune", "export", "verify"') -> Path:
     path = tmp_path / "prune.toml"
-    path.write_text('passes = ["prune", "export", "verify"]\n[prune]\nprune_epochs = 2\nepochs = 1\nbatch = 64\n'
-                    f'{body}\n[verify]\nlatency_runs = 10\nwarmup = 2\n')
+    verify = "[verify]\nlatency_runs = 10\nwarmup = 2\n" if "verify" in passes else ""
+    path.write_text(f'passes = [{passes}]\n[prune]\nprune_epochs = 2\nepochs = 1\nbatch = 64\n{body}\n{verify}')
     return path
 
 
@@ -167,3 +168,41 @@ def test_cli_budget_puts_prune_in_front_and_bad_budgets_exit_2(trained_res, tmp_
     names, _, _ = _pipeline_request(load_target("x86-cpu"), RunOptions(passes=["export", "verify"],
                                                                         overrides={"prune": {"macs_budget": 0.3}}))
     assert names == ["export", "verify"]  # --passes still decides
+
+
+def test_latency_budget_prunes_through_a_measured_cost_model(trained_res, tmp_path):
+    result = compress(trained_res, target=str(_loose_target(tmp_path)), calib="mnist", out=tmp_path / "run",
+                      config=_config(tmp_path, "latency_budget = 0.7", passes='"prune"'))
+    prune = result.report["passes"][0]["metrics"]
+    model = prune["latency_model"]
+    assert [p["variant"] for p in model["points"]][0] == "teacher" and len(model["points"]) >= 2
+    assert all(p["median_ms"] > 0 for p in model["points"]) and model["slope_ms"] > 0
+    # the MACs budget is what the fitted line predicts for 70% of the teacher's measured latency
+    expected = (0.7 * model["teacher_ms"] - model["fixed_ms"]) / model["slope_ms"]
+    assert prune["budget"]["keep_fraction"] == pytest.approx(min(1.0, expected), rel=1e-6)
+    assert prune["macs"]["after"] <= prune["budget"]["keep_fraction"] * prune["macs"]["before"] + 1
+    assert "Latency budget through a cost model" in (result.run_dir / "report.md").read_text()
+
+
+def test_bert_encoder_prunes_heads_and_ffn_then_quantizes_end_to_end(tmp_path):
+    """A tiny HF encoder: CoFi with layerwise distillation, physical shrink, then the x86 int8
+    pipeline on the smaller encoder; the embedding keeps its width (the output is the hidden state)."""
+    pytest.importorskip("transformers")
+    from test_hf import ST_MODULES, text_recipe, tiny_folder
+
+    folder = tiny_folder(tmp_path / "encoder", modules=ST_MODULES, pooling={"pooling_mode_mean_tokens": True})
+    config = tmp_path / "p.toml"
+    config.write_text('[prune]\nsparsity = 0.5\nprune_epochs = 2\nepochs = 1\nbatch = 16\n'
+                      '[quantize]\nepochs = 0\nbatch = 16\nsensitivity_samples = 8\n[verify]\nlatency_runs = 5\nwarmup = 1\n')
+    loose = _loose_target(tmp_path).read_text().replace("max_metric_drop = 0.05", "max_metric_drop = 1.0")
+    (tmp_path / "x86-loose.toml").write_text(loose)  # a random tiny encoder: the pipeline is what is checked
+    result = compress(folder, target=str(tmp_path / "x86-loose.toml"), calib=str(text_recipe(tmp_path, max_length=32)),
+                      out=tmp_path / "run", config=config)
+    assert result.report["pipeline"] == ["prune", "quantize", "export", "lower", "verify"]
+    prune = result.report["passes"][0]["metrics"]
+    assert prune["family"] == "transformer"
+    assert prune["params"]["after"] <= 0.5 * prune["params"]["before"] + 1
+    assert not any(row["kind"] == "hidden" for row in prune["structure"])
+    assert result.report["status"] == "ok"
+    verify = result.report["passes"][-1]["metrics"]
+    assert verify["parity"]["cosine_mean"] >= 0.99

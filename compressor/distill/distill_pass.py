@@ -17,7 +17,6 @@ import torch
 
 from ..artifacts import MODULE, Artifact
 from ..capture import to_graph_module, without_inplace_ops
-from ..errors import CompressError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter, first_output
 from ..passes import Pass, PassResult, RunContext, register
@@ -25,26 +24,14 @@ from .config import DistillConfig
 from .fidelity import batched_outputs, fidelity_scorer
 from .losses import feature_loss, prediction_loss, relation_loss
 from .loop import train
-from .split import split_validation
-from .taps import tap_last_weighted_input
+from .split import training_split
+from .taps import tap_last_weighted_input, tapped_features
 
 
 @dataclass
 class DistillPassConfig(DistillConfig):
     epochs: int = 3
     lr: float = 1e-4
-
-
-def _features(graph, inputs: tuple[torch.Tensor, ...], batch: int):
-    tap = tap_last_weighted_input(graph)
-    if tap is None:
-        return None
-    feats = []
-    with torch.no_grad():
-        for s in range(0, inputs[0].shape[0], batch):
-            graph(*(x[s:s + batch] for x in inputs))
-            feats.append(tap.value)
-    return torch.cat(feats)
 
 
 def _tapped_shape(student, tap, inputs: tuple[torch.Tensor, ...]) -> torch.Size:
@@ -63,12 +50,7 @@ class DistillPass(Pass):
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
         cfg, spec = self.config, artifact.spec
-        inputs, labels = ctx.data.training()
-        data = split_validation(inputs, labels, cfg.val_fraction, cfg.seed)
-        if data.samples < cfg.batch:
-            raise CompressError(f"calibration recipe '{ctx.data.recipe}' leaves {data.samples} training samples, "
-                                f"fewer than one batch ({cfg.batch}); add samples (training_samples) or set "
-                                f"distill.batch lower")
+        data = training_split(ctx.data, cfg, self.name)
         metric_name, evaluate = get_evaluator(None, spec.task)
         teacher = ctx.reference.module
         student, static = to_graph_module(artifact.module, spec)
@@ -78,7 +60,7 @@ class DistillPass(Pass):
 
         tap = feats = None
         if cfg.feature_weight > 0:
-            feats = _features(to_graph_module(teacher, spec)[0], data.train, cfg.batch)
+            feats = tapped_features(to_graph_module(teacher, spec)[0], data.train, cfg.batch)
             tap = tap_last_weighted_input(student) if feats is not None else None
         same_shape = feats is not None and tap is not None and _tapped_shape(student, tap, data.train) == feats.shape[1:]
         match = feature_loss if same_shape else (lambda s, t: relation_loss(s[0], t[0]))

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import CompressError
+
 
 @dataclass
 class TrainingData:
@@ -26,3 +28,14 @@ def split_validation(inputs: tuple[torch.Tensor, ...], labels: torch.Tensor | No
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     return TrainingData(train=tuple(x[order[n_val:]] for x in inputs), val=tuple(x[order[:n_val]] for x in inputs),
                         labels=labels[order[n_val:]] if labels is not None else None)
+
+
+def training_split(data, cfg, pass_name: str) -> TrainingData:
+    """A training pass's data: the recipe's training samples (compressor.calibration's
+    `CalibrationData.training()`) split by `cfg`, refused when less than one batch trains."""
+    inputs, labels = data.training()
+    split = split_validation(inputs, labels, cfg.val_fraction, cfg.seed)
+    if split.samples < cfg.batch:
+        raise CompressError(f"calibration recipe '{data.recipe}' leaves {split.samples} training samples, fewer "
+                            f"than one batch ({cfg.batch}); add samples (training_samples) or set {pass_name}.batch lower")
+    return split

@@ -7,6 +7,7 @@ pruned student), HookTaps records the outputs of named submodules through forwar
 """
 from __future__ import annotations
 
+import torch
 from torch import fx, nn
 
 from ..capture import op_kind
@@ -41,6 +42,20 @@ def tap_last_weighted_input(gm: fx.GraphModule, transparent: tuple[type, ...] = 
             user.replace_input_with(value, node)
     gm.recompile()
     return tap
+
+
+def tapped_features(graph: fx.GraphModule, inputs: tuple[torch.Tensor, ...], batch: int) -> torch.Tensor | None:
+    """The input of `graph`'s last weighted layer over `inputs` (None where it has none): a
+    teacher's features for the feature loss, computed once."""
+    tap = tap_last_weighted_input(graph)
+    if tap is None:
+        return None
+    feats = []
+    with torch.no_grad():
+        for s in range(0, inputs[0].shape[0], batch):
+            graph(*(x[s:s + batch] for x in inputs))
+            feats.append(tap.value)
+    return torch.cat(feats)
 
 
 class HookTaps:

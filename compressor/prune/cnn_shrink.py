@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch import fx, nn
 
-from .cnn_groups import BATCHNORM, CONVS, ELEMENTWISE, Segment, conv_groups
+from .cnn_groups import BATCHNORM, CONVS, ELEMENTWISE, Segment
 
 aten = torch.ops.aten
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}

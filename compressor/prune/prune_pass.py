@@ -18,7 +18,7 @@ import torch
 
 from ..artifacts import MODULE, Artifact
 from ..distill import (DistillConfig, HookTaps, batched_outputs, fidelity_scorer, matched_layer_loss, prediction_loss,
-                       split_validation, train)
+                       train, training_split)
 from ..distill.augment import AUGMENTATIONS, augmentation
 from ..errors import CompressError
 from ..evaluators import get_evaluator
@@ -44,16 +44,20 @@ class PruneConfig(DistillConfig):
     macs_budget: float | None = None  # fraction of the teacher's MACs to keep
     latency_budget: float | None = None  # fraction of the teacher's latency on the target's runner
     prune_epochs: int = 4  # gate learning; `epochs` is the fine-tune after the shrink
-    epochs: int = 4
+    epochs: int = 10
     lr: float | None = None  # the fine-tune's; None: FAMILY_LR
     prune_lr: float | None = None  # the weights' while the gates learn; None: FAMILY_LR
     augment: str = "auto"  # inputs the teacher labels on the fly: compressor.distill.augment
-    gate_lr: float = 0.05
-    lambda_lr: float = 0.05
+    # MNIST ResNet to 30% of its MACs, 4 + 10 epochs, held-out top-1 (teacher 98.3%): gate_lr /
+    # lambda_lr 0.1 / 0.1: 97.1% (the gates reached 71% of the MACs, choose_units cut the rest by
+    # their learnt order); 0.1 / 0.5 (6 epochs): 96.8%; 0.2 / 1.0: 96.2% (gates at the budget, but the
+    # gated model's loss rose to 4). Single runs; about half a point apart from run to run.
+    gate_lr: float = 0.1
+    lambda_lr: float = 0.1
     warmup: float = 0.5  # fraction of the gate-learning steps over which the target tightens
     round_to: int = 8  # kept channel and FFN widths are multiples of this (wide groups only)
     layer_weight: float = 1.0  # CoFi's layerwise distillation, where the structure names its layers
-    patience: int = 2
+    patience: int = 10  # the fine-tune keeps its best epoch anyway; stopping at 2 cost 2 points (94.7%)
 
     def __post_init__(self):
         super().__post_init__()
@@ -131,11 +135,7 @@ class PrunePass(Pass):
         if budget is None:
             raise CompressError("pass 'prune' needs a budget: --sparsity S, --macs-budget F or --latency-budget F "
                                 "(or prune.sparsity / macs_budget / latency_budget in the pipeline TOML)")
-        inputs, labels = ctx.data.training()
-        data = split_validation(inputs, labels, cfg.val_fraction, cfg.seed)
-        if data.samples < cfg.batch:
-            raise CompressError(f"calibration recipe '{ctx.data.recipe}' leaves {data.samples} training samples, "
-                                f"fewer than one batch ({cfg.batch}); add samples (training_samples) or set prune.batch lower")
+        data = training_split(ctx.data, cfg, self.name)
         found = discover(artifact.module, spec, tuple(x[:1] for x in data.train))
         if found is None:
             ctx.progress.log("  no prunable structure found: the model passes on unchanged")

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
-from ..distill import Fidelity, feature_loss, prediction_loss, tap_last_weighted_input, train
+from ..distill import Fidelity, feature_loss, prediction_loss, tap_last_weighted_input, tapped_features, train
 from ..model_io import first_output
 from ..progress import Progress
 from .fakequant import FakeQuant
@@ -24,25 +24,12 @@ from .fakequant import FakeQuant
 MIN_SCALE = 1e-8
 
 
-def teacher_features(teacher_graph: fx.GraphModule, inputs: tuple[torch.Tensor, ...], batch: int) -> torch.Tensor | None:
-    """The teacher's penultimate features over `inputs` (None where it has no weighted layer)."""
-    tap = tap_last_weighted_input(teacher_graph)
-    if tap is None:
-        return None
-    feats = []
-    with torch.no_grad():
-        for s in range(0, inputs[0].shape[0], batch):
-            teacher_graph(*(x[s:s + batch] for x in inputs))
-            feats.append(tap.value)
-    return torch.cat(feats)
-
-
 def quantization_aware_distill(student: fx.GraphModule, teacher_out: torch.Tensor, inputs: tuple[torch.Tensor, ...],
                                labels: torch.Tensor | None, score: Callable[[nn.Module], Fidelity], task: str, cfg,
                                progress: Progress, teacher_graph: fx.GraphModule | None = None) -> list[dict]:
     """Train the fake-quant `student` in place (weights and LSQ scales); it ends in its best
     validation state. `teacher_graph`, the teacher in graph form, is needed for the feature loss."""
-    feats = teacher_features(teacher_graph, inputs, cfg.batch) if cfg.feature_weight > 0 and teacher_graph else None
+    feats = tapped_features(teacher_graph, inputs, cfg.batch) if cfg.feature_weight > 0 and teacher_graph else None
     tap = tap_last_weighted_input(student, transparent=(FakeQuant,)) if feats is not None else None
 
     def loss(idx: torch.Tensor) -> torch.Tensor:
