@@ -47,7 +47,7 @@ setup(
         # its declared sentence-transformers dependency is not needed and would pull more torch.
         "hf": ["transformers==4.57.6", "tokenizers"],
         # the peers the benchmarks compare with (optimum-onnx needs transformers < 4.58)
-        "bench": ["nncf==3.4.0", "optimum==2.1.0", "optimum-onnx==0.1.0"],
+        "bench": ["nncf==3.4.0", "optimum==2.1.0", "optimum-onnx==0.1.0", "torch-pruning==1.6.1"],
     },
     entry_points={"console_scripts": ["compress=compressor.cli:main"]},
     cmdclass={"build_py": BuildWithData},
