@@ -141,7 +141,7 @@ def learn_gates(structure: Structure, loss_fn: Callable[[torch.Tensor, dict[str,
             expected = float(cost_fraction(structure, gates.expected_counts(), cost, full))
         row = {"epoch": epoch, "distill_loss": totals["distill"] / samples, "lagrangian": totals["lagrangian"] / samples,
                f"expected_{cost}_kept": expected, "target": target,
-               "lambda1": float(multipliers[0]), "lambda2": float(multipliers[1])}
+               "lambda1": float(multipliers[0].detach()), "lambda2": float(multipliers[1].detach())}
         history.append(row)
         progress.log(f"  prune epoch {epoch}: distillation loss {row['distill_loss']:.4f}, expected {cost} kept "
                      f"{expected:.1%} (target {target:.1%})")
