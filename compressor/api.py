@@ -17,13 +17,13 @@ from .errors import CompressError, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
+from .prune.budget import OPTIONS as PRUNING_OPTIONS
 from .report import library_versions, summary_table, write_reports
 from .targets import TargetProfile, load_target
 from .tomlfile import get, read_toml
 from .version import __version__
 
 RUN_MARKER = "run.json"
-PRUNING_BUDGETS = ("sparsity", "macs_budget", "latency_budget")  # prune options that ask for pruning
 
 
 @dataclass
@@ -63,7 +63,7 @@ def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib
     load = LoadOptions(**load_options)
     if input_shape is not None:
         load.input_shapes = [tuple(input_shape)]
-    budgets = {k: v for k, v in zip(PRUNING_BUDGETS, (sparsity, macs_budget, latency_budget)) if v is not None}
+    budgets = {k: v for k, v in zip(PRUNING_OPTIONS, (sparsity, macs_budget, latency_budget)) if v is not None}
     options = RunOptions(out=Path(out) if out else None, passes=passes, config=Path(config) if config else None,
                          resume=resume, force=force, quiet=quiet, load=load,
                          overrides={"prune": budgets} if budgets else {})
@@ -140,7 +140,7 @@ def _pipeline_request(target: TargetProfile, options: RunOptions) -> tuple[list[
                 raise CompressError(f"{options.config}: key '{key}' must be a table of options for pass '{key}'")
     for name, values in options.overrides.items():
         configs.setdefault(name, {}).update(values)
-    budget_given = any(configs.get("prune", {}).get(k) is not None for k in PRUNING_BUDGETS)
+    budget_given = any(configs.get("prune", {}).get(k) is not None for k in PRUNING_OPTIONS)
     if budget_given and default_passes and "prune" not in names:
         names = ["prune", *names]  # a pruning budget puts pruning in front of the target's pipeline
     if options.passes:

@@ -109,7 +109,7 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
     holdout = tuple(torch.as_tensor(s[hold_idx]) for s in samples)
     train = tuple(torch.as_tensor(s[train_idx]) for s in samples) if n_pool > n_cal else None
     check_fits(recipe.path, calib, spec)
-    for part in (*calib, *holdout, *(train or ())):
+    for part in (*(train or calib), *holdout):  # the calibration samples start the training ones
         if part.is_floating_point() and not torch.isfinite(part).all():
             raise CompressError(f"{recipe.path}: the samples contain NaN or Inf values")
     digest = [sha256_tensor(t) for t in (*calib, *holdout)] + ([sha256_tensor(t) for t in train] if train else [])

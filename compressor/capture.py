@@ -34,6 +34,9 @@ OP_KINDS = {
     aten.gelu.default: "gelu", aten.embedding.default: "embedding",
     aten.batch_norm.default: "batchnorm", aten._native_batch_norm_legit_no_training.default: "batchnorm",
 }
+# The kinds whose op has a weight tensor (Conv, Linear): where quantization puts per-channel weights
+# and where distillation taps the features.
+WEIGHTED = frozenset({"conv", "linear"})
 # Ops that only move or reshape data: they neither need their own Q/DQ nor count as float compute.
 DATA_MOVEMENT = {
     aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.permute.default,

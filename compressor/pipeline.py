@@ -118,7 +118,6 @@ class PassManager:
         for stale in self.ctx.run_dir.glob(f".{folder.name}.*.checkpoints"):
             if stale != checkpoints:  # from a run with other inputs or options
                 shutil.rmtree(stale, ignore_errors=True)
-        checkpoints.mkdir(exist_ok=True)
         self.ctx.checkpoints = checkpoints
         start = time.perf_counter()
         try:

@@ -140,7 +140,7 @@ def _prune_section(report: dict[str, Any]) -> list[str]:
                       f"fraction, fitted on {m['runtime']} (largest error on the measured variants "
                       f"{m['max_relative_error']:.1%})."]
     lines += ["", "Gate learning (expected kept fraction of the budgeted cost, per epoch): "
-              + ", ".join(f"{h[next(k for k in h if k.startswith('expected_'))]:.1%}" for h in p["gate_history"])]
+              + ", ".join(f"{h['expected_kept']:.1%}" for h in p["gate_history"])]
     if p.get("finetune_history"):
         lines += ["", "Fine-tune after the shrink (validation output error to the teacher, per epoch): "
                   + ", ".join(f"{h['val_output_error']:.3g}" for h in p["finetune_history"])]

@@ -44,6 +44,18 @@ def output_error(out: torch.Tensor, teacher: torch.Tensor) -> float:
     return float(((out - teacher) ** 2).mean() / (teacher ** 2).mean().clamp_min(1e-12))
 
 
+def held_out_scorer(data, teacher: nn.Module, evaluate: Evaluator, batch: int) -> tuple[float, Callable[[nn.Module], float]]:
+    """The teacher's task metric on the recipe's held-out samples (against the labels where it has
+    them), and a function giving a model's: what a pass reports as before and after."""
+    labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
+    reference = batched_outputs(teacher, data.holdout, batch).numpy()
+
+    def metric(model: nn.Module) -> float:
+        return evaluate(batched_outputs(model, data.holdout, batch).numpy(), reference, labels)["metric"]
+
+    return evaluate(reference, reference, labels)["metric"], metric
+
+
 def fidelity_scorer(inputs: tuple[torch.Tensor, ...], teacher_out: torch.Tensor, evaluate: Evaluator,
                     batch: int) -> Callable[[nn.Module], Fidelity]:
     """A function scoring a student on `inputs` against the teacher's outputs there."""

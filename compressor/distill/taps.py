@@ -10,9 +10,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from ..capture import op_kind
-
-WEIGHTED_KINDS = frozenset({"conv", "linear"})
+from ..capture import WEIGHTED, op_kind
 
 
 class Tap(nn.Module):
@@ -27,7 +25,7 @@ def tap_last_weighted_input(gm: fx.GraphModule, transparent: tuple[type, ...] = 
     """Tap the input of the last Conv/Linear of `gm`; None if it has none. Modules of a
     `transparent` type between the value and that layer (a student's fake quantizers) are looked
     through, so the tap sees the float value the teacher's tap sees."""
-    weighted = [n for n in gm.graph.nodes if op_kind(n) in WEIGHTED_KINDS]
+    weighted = [n for n in gm.graph.nodes if op_kind(n) in WEIGHTED]
     if not weighted:
         return None
     value = weighted[-1].args[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..errors import CompressError
 
 KINDS = ("sparsity", "macs", "latency")
+OPTIONS = ("sparsity", "macs_budget", "latency_budget")  # the prune pass's options (and flags) for KINDS
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Budget:
 
 
 def from_options(sparsity: float | None, macs: float | None, latency: float | None) -> Budget | None:
-    given = [Budget(k, v) for k, v in (("sparsity", sparsity), ("macs", macs), ("latency", latency)) if v is not None]
+    given = [Budget(k, v) for k, v in zip(KINDS, (sparsity, macs, latency)) if v is not None]
     if len(given) > 1:
         raise CompressError("give one pruning budget: --sparsity, --macs-budget or --latency-budget")
     return given[0] if given else None

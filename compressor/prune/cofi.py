@@ -25,7 +25,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..errors import CompressError
 from ..progress import Progress
 from .hardconcrete import HardConcreteGates, keep_top
-from .structure import Structure, UnitGroup
+from .structure import Structure, UnitGroup, full_cost
 
 # widths that onnxruntime's and TensorRT's kernels block by: a pruned width that is not a multiple
 # loses much of the speed its MACs promise (FIELD-NOTES: 18/35/70 channels ran 1.9x where 16/32/64
@@ -58,7 +58,7 @@ class Gates(nn.Module):
         self.per_group = nn.ModuleList(HardConcreteGates(g.size, INIT_KEEP) for g in groups)
 
     def sample(self) -> dict[str, torch.Tensor]:
-        return {n: g() for n, g in zip(self.names, self.per_group)}
+        return {n: g.sample() for n, g in zip(self.names, self.per_group)}
 
     def expected_counts(self) -> dict[str, torch.Tensor]:
         return {n: g.keep_probability().sum() for n, g in zip(self.names, self.per_group)}
@@ -76,9 +76,9 @@ def minimum_counts(structure: Structure) -> dict[str, torch.Tensor]:
     return {g.name: torch.tensor(float(g.min_keep)) for g in structure.groups}
 
 
-def check_reachable(structure: Structure, cost: str, keep_fraction: float, full: dict[str, torch.Tensor]) -> None:
+def check_reachable(structure: Structure, cost: str, keep_fraction: float) -> None:
     """Before any training: refuse a budget that even the smallest model the structure allows misses."""
-    smallest = float(cost_fraction(structure, minimum_counts(structure), cost, full))
+    smallest = float(cost_fraction(structure, minimum_counts(structure), cost, full_cost(structure)))
     if smallest > keep_fraction:
         raise CompressError(f"the budget keeps {keep_fraction:.1%} of the {cost}, but with every prunable group at its "
                             f"minimum the model keeps {smallest:.1%}: the rest is not prunable (input, output and "
@@ -92,8 +92,7 @@ def learn_gates(structure: Structure, loss_fn: Callable[[torch.Tensor, dict[str,
     model on those training samples and returns the distillation loss. Returns the gates and one
     history row per epoch; resumes from `checkpoint` when an interrupted run left one."""
     torch.manual_seed(cfg.seed)
-    full = structure.expected_cost({g.name: torch.tensor(float(g.size)) for g in structure.groups})
-    full = {k: v.detach() for k, v in full.items()}
+    full = full_cost(structure)
     gates = Gates(structure.groups)
     multipliers = nn.Parameter(torch.zeros(2))
     weights = [p for p in structure.model.parameters() if p.requires_grad]
@@ -140,7 +139,7 @@ def learn_gates(structure: Structure, loss_fn: Callable[[torch.Tensor, dict[str,
         with torch.no_grad():
             expected = float(cost_fraction(structure, gates.expected_counts(), cost, full))
         row = {"epoch": epoch, "distill_loss": totals["distill"] / samples, "lagrangian": totals["lagrangian"] / samples,
-               f"expected_{cost}_kept": expected, "target": target,
+               "expected_kept": expected, "cost": cost, "target": target,
                "lambda1": float(multipliers[0].detach()), "lambda2": float(multipliers[1].detach())}
         history.append(row)
         progress.log(f"  prune epoch {epoch}: distillation loss {row['distill_loss']:.4f}, expected {cost} kept "
@@ -174,7 +173,7 @@ def choose_units(structure: Structure, probabilities: dict[str, torch.Tensor], c
     (rounded; a block or layer stays where its probability is above one half), the most probable
     first; then, while the exact cost is over the budget, the least probable removable step goes.
     Returns the masks and the kept fraction of the cost."""
-    full = structure.expected_cost({g.name: torch.tensor(float(g.size)) for g in structure.groups})
+    full = full_cost(structure)
     counts = {g.name: _rounded(float(probabilities[g.name].sum()), g, round_to) for g in structure.groups}
 
     def fraction() -> float:

@@ -36,14 +36,6 @@ class HardConcreteGates(nn.Module):
         s = torch.sigmoid((torch.log(u) - torch.log(1 - u) + self.log_alpha) / BETA)
         return (s * (LIMIT_HIGH - LIMIT_LOW) + LIMIT_LOW).clamp(0.0, 1.0)
 
-    def expected_gate(self) -> torch.Tensor:
-        """The deterministic gate value at test time (CoFi's): the stretched sigmoid of log_alpha."""
-        s = torch.sigmoid(self.log_alpha)
-        return (s * (LIMIT_HIGH - LIMIT_LOW) + LIMIT_LOW).clamp(0.0, 1.0)
-
-    def forward(self) -> torch.Tensor:
-        return self.sample() if self.training else self.expected_gate()
-
 
 def keep_top(scores: torch.Tensor, count: int) -> torch.Tensor:
     """A boolean mask keeping the `count` highest-scoring units (ties broken by position)."""

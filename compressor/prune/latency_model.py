@@ -24,7 +24,7 @@ from ..backends import get_backend
 from ..errors import CompressError
 from ..export.onnx_export import export_onnx
 from ..profile.latency import measure
-from .structure import Structure, UnitGroup
+from .structure import Structure, UnitGroup, full_cost
 
 RUNS = 60
 
@@ -88,7 +88,7 @@ def _halved(group: UnitGroup, kind: str) -> torch.Tensor:
 
 
 def fit_latency_model(structure: Structure, family: str, spec: InputSpec, ctx, sample) -> LatencyModel:
-    full = float(structure.expected_cost({g.name: torch.tensor(float(g.size)) for g in structure.groups})["macs"])
+    full = float(full_cost(structure)["macs"])
     variants: dict[str, nn.Module] = {"teacher": structure.shrink({g.name: torch.ones(g.size, dtype=torch.bool)
                                                                    for g in structure.groups})}
     fractions = {"teacher": 1.0}

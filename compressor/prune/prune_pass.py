@@ -11,14 +11,15 @@ dimensions, blocks or layers, which the rest of the pipeline quantizes and lower
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..artifacts import MODULE, Artifact
-from ..distill import (DistillConfig, HookTaps, batched_outputs, fidelity_scorer, matched_layer_loss, prediction_loss,
-                       train, training_split)
+from ..distill import (DistillConfig, HookTaps, TrainingData, batched_outputs, fidelity_scorer, held_out_scorer,
+                       matched_layer_loss, prediction_loss, train, training_split)
 from ..distill.augment import AUGMENTATIONS, augmentation
 from ..errors import CompressError
 from ..evaluators import get_evaluator
@@ -29,7 +30,7 @@ from .cofi import CofiSettings, check_reachable, choose_units, learn_gates
 from .discover import discover
 from .latency_model import onnx_latency
 from .report import kept_chart, kept_table
-from .structure import full_counts
+from .structure import full_cost
 
 # Learning rates of the weights by model family: (while the gates learn, in the fine-tune). The
 # MNIST ResNet with Adam at 1e-3 while gates learnt: distillation loss 13 in the first epoch (the
@@ -75,50 +76,41 @@ class PruneConfig(DistillConfig):
         return from_options(self.sparsity, self.macs_budget, self.latency_budget)
 
 
-class TeacherOnBatches:
-    """What the teacher says about each training batch: its outputs (computed once for all samples,
-    or per batch on augmented inputs) and, for CoFi's layerwise loss where the structure names its
-    layers, its layer outputs, to compare with the student's (matched_layer_loss)."""
+class BatchDistillation:
+    """The distillation loss of a student on a batch of training samples, in both phases (the gated
+    model, then the shrunk one): the prediction loss to the teacher's outputs and, for structures
+    that name their layers, CoFi's layerwise loss (matched_layer_loss). The teacher runs on each
+    batch where the inputs are augmented or its layer outputs are needed; otherwise its outputs
+    are computed once for all samples."""
 
-    def __init__(self, teacher, inputs: tuple[torch.Tensor, ...], outputs: torch.Tensor, paths: list[str] | None,
-                 layer_weight: float, augment):
-        self.teacher, self.inputs, self.outputs, self.augment = teacher, inputs, outputs, augment
-        self.paths, self.weight = (paths if layer_weight > 0 else None), layer_weight
-        self.teacher_layers: list[torch.Tensor] = []
-        self.student_taps: HookTaps | None = None
+    def __init__(self, teacher, data: TrainingData, task: str, cfg: "PruneConfig", layer_paths: list[str] | None):
+        self.teacher, self.data, self.task, self.cfg = teacher, data, task, cfg
+        self.paths = layer_paths if cfg.layer_weight > 0 else None
+        self.augment = augmentation(cfg.augment, data.train, cfg.seed)
+        per_batch = self.augment is not None or bool(self.paths)
+        self.outputs = None if per_batch else batched_outputs(teacher, data.train, cfg.batch)
 
-    def batch(self, idx: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        batch = tuple(x[idx] for x in self.inputs)
+    def _teacher(self, idx: torch.Tensor):
+        batch = tuple(x[idx] for x in self.data.train)
         if self.augment is not None:
             batch = self.augment(batch)
-        if self.augment is None and not self.paths:
-            return batch, self.outputs[idx]
-        with torch.no_grad(), contextlib.ExitStack() as stack:
-            taps = stack.enter_context(HookTaps(self.teacher, self.paths)) if self.paths else None
+        if self.outputs is not None:
+            return batch, self.outputs[idx], []
+        with torch.no_grad(), HookTaps(self.teacher, self.paths or []) as taps:
             out = first_output(self.teacher(*batch)).float()
-            if taps is not None:
-                self.teacher_layers = [v.detach() for v in taps.values]
-        return batch, (out if self.augment is not None else self.outputs[idx])
+        return batch, out, [v.detach() for v in taps.values]
 
-    @contextlib.contextmanager
-    def tap(self, student):
-        if not self.paths:
-            yield
-            return
-        with HookTaps(student, self.paths) as taps:
-            self.student_taps = taps
-            try:
-                yield
-            finally:
-                self.student_taps = None
-
-    def layer_loss(self) -> torch.Tensor | float:
-        if not self.paths or self.student_taps is None:
-            return 0.0
-        student = self.student_taps.values
-        if not any(s.shape == self.teacher_layers[0].shape for s in student):
-            return 0.0  # a student of another hidden width: its layers are not comparable
-        return self.weight * matched_layer_loss(student, self.teacher_layers)
+    def loss(self, student, idx: torch.Tensor, gating=None) -> torch.Tensor:
+        batch, target, teacher_layers = self._teacher(idx)
+        with HookTaps(student, self.paths or []) as taps, gating or contextlib.nullcontext():
+            out = first_output(student(*batch))
+        labels = self.data.labels[idx] if self.data.labels is not None else None
+        value = prediction_loss(out, target, self.task, self.cfg, labels)
+        layers = taps.values
+        # a student of another hidden width (a classifier's hidden pruned) has no comparable layers
+        if teacher_layers and any(s.shape == teacher_layers[0].shape for s in layers):
+            value = value + self.cfg.layer_weight * matched_layer_loss(layers, teacher_layers)
+        return value
 
 
 @register
@@ -144,7 +136,7 @@ class PrunePass(Pass):
         family, structure = found
         prune_lr = cfg.prune_lr if cfg.prune_lr is not None else FAMILY_LR[family][0]
         lr = cfg.lr if cfg.lr is not None else FAMILY_LR[family][1]
-        full = {k: float(v) for k, v in structure.expected_cost(full_counts(structure)).items()}
+        full = {k: float(v) for k, v in full_cost(structure).items()}
 
         keep_fraction, latency_model = budget.keep_fraction, None
         if budget.kind == "latency":
@@ -152,28 +144,19 @@ class PrunePass(Pass):
 
             latency_model = fit_latency_model(structure, family, spec, ctx, tuple(x[:1] for x in data.val))
             keep_fraction = latency_model.macs_fraction_for(budget.value)
-        check_reachable(structure, budget.cost, keep_fraction, {k: torch.tensor(v) for k, v in full.items()})
+        check_reachable(structure, budget.cost, keep_fraction)
         ctx.progress.log(f"  {family}: {len(structure.groups)} prunable groups, budget {budget.describe()} "
                          f"(keep {keep_fraction:.1%} of {budget.cost})")
 
         teacher = ctx.reference.module
         metric_name, evaluate = get_evaluator(None, spec.task)
-        teacher_train = batched_outputs(teacher, data.train, cfg.batch)
-        teacher_val = batched_outputs(teacher, data.val, cfg.batch)
-        score = fidelity_scorer(data.val, teacher_val, evaluate, cfg.batch)
+        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
         model = structure.model
         model.eval()  # dropout off, nothing left in BatchNorm to update: distillation from a converged teacher
-
-        teacher_on = TeacherOnBatches(teacher, data.train, teacher_train, getattr(structure, "layer_paths", None),
-                                      cfg.layer_weight, augmentation(cfg.augment, data.train, cfg.seed))
+        distillation = BatchDistillation(teacher, data, spec.task, cfg, getattr(structure, "layer_paths", None))
 
         def gated_loss(idx: torch.Tensor, gates: dict[str, torch.Tensor]) -> torch.Tensor:
-            batch, target = teacher_on.batch(idx)
-            with teacher_on.tap(model), structure.gated(gates):
-                out = first_output(model(*batch))
-                extra = teacher_on.layer_loss()
-            return extra + prediction_loss(out, target, spec.task, cfg,
-                                           data.labels[idx] if data.labels is not None else None)
+            return distillation.loss(model, idx, structure.gated(gates))
 
         settings = CofiSettings(epochs=cfg.prune_epochs, batch=cfg.batch, lr=prune_lr, gate_lr=cfg.gate_lr,
                                 lambda_lr=cfg.lambda_lr, warmup=cfg.warmup, round_to=cfg.round_to, seed=cfg.seed)
@@ -190,24 +173,16 @@ class PrunePass(Pass):
         student.eval()
         before_finetune = score(student)
 
-        def loss(idx: torch.Tensor) -> torch.Tensor:
-            batch, target = teacher_on.batch(idx)
-            with teacher_on.tap(student):
-                out = first_output(student(*batch))
-                extra = teacher_on.layer_loss()
-            return extra + prediction_loss(out, target, spec.task, cfg,
-                                           data.labels[idx] if data.labels is not None else None)
-
-        finetune = DistillConfig(epochs=cfg.epochs, lr=lr, batch=cfg.batch, temperature=cfg.temperature,
-                                 kd_weight=cfg.kd_weight, label_weight=cfg.label_weight, patience=cfg.patience,
-                                 val_fraction=cfg.val_fraction, seed=cfg.seed)
-        history = train(student, data.samples, loss, score, finetune, ctx.progress, label="fine-tune",
+        history = train(student, data.samples, lambda idx: distillation.loss(student, idx), score,
+                        dataclasses.replace(cfg, lr=lr), ctx.progress, label="fine-tune",
                         checkpoint=checkpoints / "finetune.pt" if checkpoints else None) if cfg.epochs else []
-        held = self._held_out(ctx, student, teacher, evaluate, cfg.batch)
-        ctx.progress.log(f"  {metric_name} on held-out: teacher {held['teacher']:.4f}, pruned {held['pruned']:.4f}")
+        teacher_metric, held_out_metric = held_out_scorer(ctx.data, teacher, evaluate, cfg.batch)
+        pruned_metric = held_out_metric(student)
+        ctx.progress.log(f"  {metric_name} on held-out: teacher {teacher_metric:.4f}, pruned {pruned_metric:.4f}")
         latency, runtime = onnx_latency({"teacher": teacher, "pruned": student}, spec, tuple(x[:1] for x in data.val), ctx)
-        ctx.progress.log(f"  FP32 latency, 1 thread ({runtime}): teacher {latency['teacher']:.3f} ms, "
-                         f"pruned {latency['pruned']:.3f} ms ({latency['teacher'] / latency['pruned']:.2f}x faster)")
+        speedup = latency["teacher"] / latency["pruned"]
+        ctx.progress.log(f"  FP32 latency, 1 thread ({runtime}): teacher {latency['teacher']:.3f} ms, pruned "
+                         f"{latency['pruned']:.3f} ms ({speedup:.2f}x{' faster' if speedup > 1 else ': NOT faster'})")
         rows = kept_table(structure, keep)
         kept_chart(rows, workdir / "kept.png", f"{family} pruned to {budget.describe()}: units kept per group")
 
@@ -217,11 +192,11 @@ class PrunePass(Pass):
             "params": {"before": full["params"], "after": after["params"]},
             "macs": {"before": full["macs"], "after": after["macs"]},
             "kept_fraction": kept, "metric_name": metric_name,
-            "teacher_metric": held["teacher"], "pruned_metric": held["pruned"],
+            "teacher_metric": teacher_metric, "pruned_metric": pruned_metric,
             "validation": {"before_finetune": before_finetune.as_dict(), "after_finetune": score(student).as_dict()},
             "structure": rows, "chart": "kept.png",
             "latency_fp32": {"runtime": runtime, "threads": 1, "teacher_ms": latency["teacher"],
-                             "pruned_ms": latency["pruned"], "speedup": latency["teacher"] / latency["pruned"]},
+                             "pruned_ms": latency["pruned"], "speedup": speedup},
             "gate_history": gate_history, "finetune_history": history,
             "training_samples": data.samples, "validation_samples": int(data.val[0].shape[0]),
         }
@@ -231,12 +206,3 @@ class PrunePass(Pass):
         module = StaticBatchAdapter(student, static) if static else student
         meta = {**artifact.meta, "pruned": True}
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=meta), metrics)
-
-    @staticmethod
-    def _held_out(ctx: RunContext, student, teacher, evaluate, batch: int) -> dict[str, float]:
-        data = ctx.data
-        labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
-        reference = batched_outputs(teacher, data.holdout, batch).numpy()
-        pruned = batched_outputs(student, data.holdout, batch).numpy()
-        return {"teacher": evaluate(reference, reference, labels)["metric"],
-                "pruned": evaluate(pruned, reference, labels)["metric"]}

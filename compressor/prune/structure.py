@@ -66,3 +66,8 @@ class Structure(Protocol):
 def full_counts(structure: Structure) -> dict[str, torch.Tensor]:
     """Every unit kept: the counts at which expected_cost gives the unpruned model's cost."""
     return {g.name: torch.tensor(float(g.size)) for g in structure.groups}
+
+
+def full_cost(structure: Structure) -> dict[str, torch.Tensor]:
+    """The unpruned model's costs: what every budget and kept fraction is relative to."""
+    return {k: v.detach() for k, v in structure.expected_cost(full_counts(structure)).items()}

@@ -8,10 +8,10 @@ import torch
 from torch import fx, nn
 
 # the capture names are re-exported: modules and tests import them from here
-from ..capture import (DATA_MOVEMENT, OP_KINDS, aten, op_kind, reads_dynamic_sizes,  # noqa: F401
+from ..capture import (DATA_MOVEMENT, OP_KINDS, WEIGHTED, aten, op_kind, reads_dynamic_sizes,  # noqa: F401
                        to_graph_module)
 from .fakequant import FakeQuant
-from .scheme import WEIGHT_ARG, WEIGHTED, QuantScheme
+from .scheme import WEIGHT_ARG, QuantScheme
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:

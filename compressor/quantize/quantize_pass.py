@@ -10,7 +10,7 @@ from ..artifacts import MODULE, Artifact
 from ..capture import to_graph_module
 from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
-from ..distill import DistillConfig, batched_outputs, fidelity_scorer, split_validation
+from ..distill import DistillConfig, batched_outputs, fidelity_scorer, held_out_scorer, split_validation
 from ..model_io import StaticBatchAdapter
 from ..passes import Pass, PassResult, RunContext, register
 from .calibrate import AUTO, calibrate
@@ -76,11 +76,7 @@ class QuantizePass(Pass):
         train, val, labels, n_val = split.train, split.val, split.labels, split.val[0].shape[0]
         teacher_train = batched_outputs(teacher, train, cfg.batch)
         teacher_val = batched_outputs(teacher, val, cfg.batch)
-        teacher_hold = batched_outputs(teacher, data.holdout, cfg.batch)
-        hold_labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
-
-        def held_out_metric(model) -> float:
-            return evaluate(batched_outputs(model, data.holdout, cfg.batch).numpy(), teacher_hold.numpy(), hold_labels)["metric"]
+        teacher_metric, held_out_metric = held_out_scorer(data, teacher, evaluate, cfg.batch)
 
         ctx.progress.log(f"  {len(placed.layers)} layers quantized ({scheme.name}), {folded} BatchNorm folded, "
                          f"{len(placed.float_ops)} ops stay float; observer {observer}")
@@ -95,7 +91,6 @@ class QuantizePass(Pass):
         budget = scheme.accuracy_budget if cfg.accuracy_budget is None else cfg.accuracy_budget
         kept = _keep_float(student, placed.layers, table, cfg, budget, validation_score,
                            evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"], ctx)
-        teacher_metric = evaluate(teacher_hold.numpy(), teacher_hold.numpy(), hold_labels)["metric"]
         ptq_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: teacher {teacher_metric:.4f}, PTQ {ptq_metric:.4f}")
 

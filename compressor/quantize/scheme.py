@@ -26,7 +26,6 @@ from ..errors import CompressError
 from ..targets import TargetProfile, TensorQuant
 
 # Op kinds (see capture.OP_KINDS). "act" ops fuse into the op before them.
-WEIGHTED = frozenset({"conv", "linear"})
 WEIGHT_ARG = {"conv": 1, "linear": 1, "embedding": 0}  # which argument of the aten op is the weight
 
 
