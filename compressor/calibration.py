@@ -95,7 +95,10 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
     """Read, preprocess, split and check the samples against the model's input spec."""
     samples, labels, extras = SOURCES[recipe.source](recipe, spec, model_path)
     total = samples[0].shape[0]
-    pool = max(recipe.calibration_samples, recipe.training_samples)  # the training side
+    # a source's training-only samples (a text recipe's training_path) add to the training side,
+    # which then takes only the calibration samples from the main file
+    training_only = extras.pop("training_only", None)
+    pool = recipe.calibration_samples if training_only else max(recipe.calibration_samples, recipe.training_samples)
     need = pool + recipe.holdout_samples
     if total < 2:
         raise CompressError(f"{recipe.path}: only {total} sample(s); need at least one for calibration and one held out")
@@ -108,6 +111,10 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
     calib = tuple(torch.as_tensor(s[cal_idx]) for s in samples)
     holdout = tuple(torch.as_tensor(s[hold_idx]) for s in samples)
     train = tuple(torch.as_tensor(s[train_idx]) for s in samples) if n_pool > n_cal else None
+    if training_only:
+        extra = n_cal + training_only[0].shape[0]
+        extra = (min(recipe.training_samples, extra) if recipe.training_samples else extra) - n_cal
+        train = tuple(torch.cat([c, torch.as_tensor(t[:max(0, extra)])]) for c, t in zip(calib, training_only))
     check_fits(recipe.path, calib, spec)
     for part in (*(train or calib), *holdout):  # the calibration samples start the training ones
         if part.is_floating_point() and not torch.isfinite(part).all():
@@ -116,7 +123,7 @@ def load_calibration(recipe: Recipe, spec: InputSpec, model_path: Path | None = 
     fingerprint = sha256_json({"recipe": recipe.data, "digest": digest})
     held_labels = torch.as_tensor(labels[hold_idx]) if labels is not None else None
     calib_labels = torch.as_tensor(labels[cal_idx]) if labels is not None else None
-    train_labels = torch.as_tensor(labels[train_idx]) if labels is not None and train is not None else None
+    train_labels = torch.as_tensor(labels[train_idx]) if labels is not None and train is not None and not training_only else None
     if "texts" in extras:
         extras["holdout_texts"] = [extras["texts"][i] for i in hold_idx]
         del extras["texts"]

@@ -192,7 +192,8 @@ def tokenize_lines(recipe, spec: InputSpec, model_path: Path | None):
     if padding not in PADDING:
         raise CompressError(f"{where}: key 'padding' must be one of {', '.join(PADDING)}, got '{padding}'")
     keys = _input_keys(spec, where, max_length, padding)
-    texts = _read_lines(recipe)
+    texts = _read_lines(recipe, "path")
+    training_texts = _read_lines(recipe, "training_path") if "training_path" in recipe.data else []
 
     model_folder = model_path if model_path is not None and (model_path / "config.json").is_file() else None
     if tokenizer_name == "model":
@@ -214,12 +215,23 @@ def tokenize_lines(recipe, spec: InputSpec, model_path: Path | None):
         raise CompressError(f"{where}: max_length {max_length} is longer than the {tokenizer.model_max_length} "
                             f"tokens the tokenizer {folder} is made for")
 
-    encoded = tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="np",
-                        return_token_type_ids="token_type_ids" in keys, return_attention_mask=True)
-    arrays = tuple(np.asarray(encoded[k], dtype=np.int64) for k in keys)
+    def encode(lines: list[str]) -> tuple[np.ndarray, ...]:
+        encoded = tokenizer(lines, padding=padding, truncation=True, max_length=max_length, return_tensors="np",
+                            return_token_type_ids="token_type_ids" in keys, return_attention_mask=True)
+        return tuple(np.asarray(encoded[k], dtype=np.int64) for k in keys)
+
+    arrays = encode(texts)
     extras = {"texts": texts, "tokenizer": str(folder), "max_length": max_length, "padding": padding,
               "sequence_length": int(arrays[0].shape[1])}
+    if training_texts:  # more samples for training passes only: never calibration or held-out
+        extras["training_only"] = _padded_to(encode(training_texts), arrays[0].shape[1])
     return arrays, None, extras
+
+
+def _padded_to(arrays: tuple[np.ndarray, ...], length: int) -> tuple[np.ndarray, ...]:
+    """Arrays padded (zeros: pad id, mask 0) or cut to `length` columns, to stack with the main file's
+    (with padding = "longest" the two files' longest lines differ)."""
+    return tuple(np.pad(a, ((0, 0), (0, max(0, length - a.shape[1]))))[:, :length] for a in arrays)
 
 
 def _input_keys(spec: InputSpec, where: Path, max_length: int, padding: str) -> list[str]:
@@ -240,8 +252,8 @@ def _input_keys(spec: InputSpec, where: Path, max_length: int, padding: str) -> 
     return keys
 
 
-def _read_lines(recipe) -> list[str]:
-    path = recipe.resolve("path")
+def _read_lines(recipe, key: str) -> list[str]:
+    path = recipe.resolve(key)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:

@@ -104,6 +104,54 @@ def test_tokenized_calibration_from_the_bundled_recipe(minilm):
     assert again.fingerprint == data.fingerprint  # deterministic
 
 
+def test_training_sentences_train_only(minilm, tmp_path):
+    """The bundled recipe's training_path lines join the training side only: calibration and
+    held-out samples are those of sentences.txt alone, and no held-out sentence ever trains."""
+    bundled = load_calibration(load_recipe("minilm"), TEXT_SPEC, minilm)
+    extra = (REPO / "samples" / "minilm" / "training_sentences.txt").read_text().splitlines()
+    assert len(extra) >= 3000 and not set(extra) & set(SENTENCES.read_text().splitlines())
+    inputs, labels = bundled.training()
+    assert labels is None and inputs[0].shape == (320 + len(extra), 128)
+    assert torch.equal(inputs[0][:320], bundled.calib[0])
+    held = {tuple(r.tolist()) for r in bundled.holdout[0]}
+    assert not any(tuple(r.tolist()) in held for r in inputs[0])
+    plain = load_calibration(load_recipe(str(text_recipe(tmp_path, "plain", calibration_samples=320,
+                                                         holdout_samples=320))), TEXT_SPEC, minilm)
+    assert torch.equal(plain.holdout[0], bundled.holdout[0]) and torch.equal(plain.calib[0], bundled.calib[0])
+    capped = load_calibration(load_recipe(str(text_recipe(
+        tmp_path, "capped", training_path=str(REPO / "samples" / "minilm" / "training_sentences.txt"),
+        training_samples=100))), TEXT_SPEC, minilm)
+    assert capped.training()[0][0].shape[0] == 100 and capped.num_holdout == 64
+
+
+def test_trimmed_padding_changes_no_output(minilm):
+    """Training batches lose their trailing padding (3-4x fewer positions on these sentences);
+    the pooled embedding must be the same as at the recipe's 128 tokens."""
+    from compressor.distill.padding import padding_trimmer
+    from compressor.model_io import first_output
+
+    artifact = load_model(minilm)
+    data = load_calibration(load_recipe("minilm"), artifact.spec, minilm)
+    batch = tuple(x[:16] for x in data.calib)
+    trimmed = padding_trimmer(artifact.spec)(batch)
+    assert trimmed[0].shape[1] == int(batch[1].sum(1).max()) < 128
+    with torch.no_grad():
+        full, cut = first_output(artifact.module(*batch)), first_output(artifact.module(*trimmed))
+    assert torch.allclose(full, cut, atol=1e-5)
+    fixed = InputSpec((TensorSpec("input_ids", ("batch", 128), "int64"), TensorSpec("attention_mask", ("batch", 128), "int64")))
+    assert padding_trimmer(fixed)(batch) is batch  # a fixed-length model keeps its length
+
+
+def test_corpus_files_match_their_extraction():
+    """make_corpus rebuilds both checked-in files byte for byte on the Python that made them."""
+    import sys
+
+    if sys.version_info[:3] != (3, 11, 7):
+        pytest.skip(f"the corpus was extracted from CPython 3.11.7's standard library, this is {sys.version.split()[0]}")
+    corpus = sample_module("samples/minilm/make_corpus.py", "minilm_make_corpus")
+    assert corpus.main(["--check"]) == 0
+
+
 def test_text_recipe_padding_and_truncation(minilm, tmp_path):
     longest = load_calibration(load_recipe(str(text_recipe(tmp_path, "longest", padding="longest"))), TEXT_SPEC, minilm)
     width = longest.holdout[0].shape[1]

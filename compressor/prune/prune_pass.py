@@ -21,6 +21,7 @@ from ..artifacts import MODULE, Artifact
 from ..distill import (DistillConfig, HookTaps, TrainingData, batched_outputs, fidelity_scorer, held_out_scorer,
                        matched_layer_loss, prediction_loss, train, training_split)
 from ..distill.augment import AUGMENTATIONS, augmentation
+from ..distill.padding import padding_trimmer
 from ..errors import CompressError
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter, first_output
@@ -83,8 +84,9 @@ class BatchDistillation:
     batch where the inputs are augmented or its layer outputs are needed; otherwise its outputs
     are computed once for all samples."""
 
-    def __init__(self, teacher, data: TrainingData, task: str, cfg: "PruneConfig", layer_paths: list[str] | None):
-        self.teacher, self.data, self.task, self.cfg = teacher, data, task, cfg
+    def __init__(self, teacher, data: TrainingData, spec, cfg: "PruneConfig", layer_paths: list[str] | None):
+        self.teacher, self.data, self.task, self.cfg = teacher, data, spec.task, cfg
+        self.trim = padding_trimmer(spec)
         self.paths = layer_paths if cfg.layer_weight > 0 else None
         self.augment = augmentation(cfg.augment, data.train, cfg.seed)
         per_batch = self.augment is not None or bool(self.paths)
@@ -94,6 +96,7 @@ class BatchDistillation:
         batch = tuple(x[idx] for x in self.data.train)
         if self.augment is not None:
             batch = self.augment(batch)
+        batch = self.trim(batch)
         if self.outputs is not None:
             return batch, self.outputs[idx], []
         with torch.no_grad(), HookTaps(self.teacher, self.paths or []) as taps:
@@ -153,7 +156,7 @@ class PrunePass(Pass):
         score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
         model = structure.model
         model.eval()  # dropout off, nothing left in BatchNorm to update: distillation from a converged teacher
-        distillation = BatchDistillation(teacher, data, spec.task, cfg, getattr(structure, "layer_paths", None))
+        distillation = BatchDistillation(teacher, data, spec, cfg, getattr(structure, "layer_paths", None))
 
         def gated_loss(idx: torch.Tensor, gates: dict[str, torch.Tensor]) -> torch.Tensor:
             return distillation.loss(model, idx, structure.gated(gates))

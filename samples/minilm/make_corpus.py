@@ -1,7 +1,7 @@
 """Extract real English sentences from the Python standard library's docstrings.
 
-    python -m samples.minilm.make_corpus            # writes samples/minilm/sentences.txt
-    python -m samples.minilm.make_corpus --check    # exit 1 if the checked-in file differs
+    python -m samples.minilm.make_corpus            # writes sentences.txt and training_sentences.txt
+    python -m samples.minilm.make_corpus --check    # exit 1 if a checked-in file differs
 
 The standard library exists on every machine with Python, so anyone can see where each
 sentence came from. The checked-in sentences.txt was made with CPython 3.11.7; another Python
@@ -17,6 +17,11 @@ capital letter and ends with a full stop, has 8 to 40 words, and holds no code (
 MAX_PER_FILE sentences come from one file (so the set spans the library), and the first COUNT
 by SHA-256 of the sentence are written, in that order: a spread-out selection that does not
 depend on file order.
+
+training_sentences.txt holds more sentences that only train (pruning, distillation, search): the
+same extraction with at most TRAINING_MAX_PER_FILE sentences per file, less every sentence of
+sentences.txt (so none of the held-out ones), in the same SHA-256 order. The recipe adds them to
+the training side only; calibration and held-out samples come from sentences.txt as before.
 """
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ from pathlib import Path
 
 COUNT = 640
 MAX_PER_FILE = 6
+TRAINING_MAX_PER_FILE = 60
 OUTPUT = Path(__file__).resolve().parent / "sentences.txt"
+TRAINING_OUTPUT = OUTPUT.with_name("training_sentences.txt")
 SKIP_PARTS = {"test", "tests", "idlelib", "turtledemo", "lib2to3", "site-packages", "dist-packages", "__pycache__",
               "ensurepip", "pydoc_data", "encodings"}
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9][.!?])\s+(?=[A-Z])")
@@ -72,7 +79,8 @@ def is_prose(sentence: str) -> bool:
     return all(_WORD.match(w) for w in words)
 
 
-def extract(stdlib: Path) -> list[str]:
+def extract(stdlib: Path, max_per_file: int = MAX_PER_FILE) -> list[str]:
+    """Every prose sentence (at most `max_per_file` per file), in SHA-256 order."""
     seen: set[str] = set()
     pool: list[str] = []
     for path in sorted(stdlib.rglob("*.py")):
@@ -83,30 +91,40 @@ def extract(stdlib: Path) -> list[str]:
         for doc in docstrings(path):
             for s in sentences(doc):
                 key = s.lower()
-                if key in seen or taken >= MAX_PER_FILE:
+                if key in seen or taken >= max_per_file:
                     continue
                 seen.add(key)
                 pool.append(s)
                 taken += 1
     pool.sort(key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-    return pool[:COUNT]
+    return pool
+
+
+def corpora(stdlib: Path) -> dict[Path, list[str]]:
+    """The two files: the calibration/held-out sentences, and the training-only ones (disjoint)."""
+    sentences = extract(stdlib)[:COUNT]
+    taken = {s.lower() for s in sentences}
+    training = [s for s in extract(stdlib, TRAINING_MAX_PER_FILE) if s.lower() not in taken]
+    return {OUTPUT: sentences, TRAINING_OUTPUT: training}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare with the checked-in file instead of writing it")
-    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--check", action="store_true", help="compare with the checked-in files instead of writing them")
     args = parser.parse_args(argv)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    text = "\n".join(extract(stdlib)) + "\n"
     version = sys.version.split()[0]
-    if args.check:
-        same = args.output.is_file() and args.output.read_text(encoding="utf-8") == text
-        print(f"{args.output}: {'identical to' if same else 'differs from'} the extraction from Python {version}")
-        return 0 if same else 1
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {text.count(chr(10))} sentences from the Python {version} standard library ({stdlib}) to {args.output}")
-    return 0
+    differs = 0
+    for output, lines in corpora(stdlib).items():
+        text = "\n".join(lines) + "\n"
+        if args.check:
+            same = output.is_file() and output.read_text(encoding="utf-8") == text
+            print(f"{output}: {'identical to' if same else 'differs from'} the extraction from Python {version}")
+            differs += not same
+            continue
+        output.write_text(text, encoding="utf-8")
+        print(f"wrote {len(lines)} sentences from the Python {version} standard library ({stdlib}) to {output}")
+    return 1 if differs else 0
 
 
 if __name__ == "__main__":
