@@ -13,6 +13,10 @@ class AutoDistilConfig:
     lr: float = 1e-4
     batch: int = 32
     random_subnets: int = 2  # per step, beside the largest and the smallest (sandwich rule)
+    # + this weight x normalised MSE of the output to the teacher's, for an embedding encoder (whose
+    # output, the pooled hidden state, is what its users consume and what the search scores); MiniLM
+    # matches attention relations only, which leave the hidden states free: 0 is pure MiniLM
+    output_weight: float = 1.0
     relation_heads: int | None = None  # None: the largest that divides every subnet's head count
     val_fraction: float = 0.2  # of the training text: what ranks subnets and epochs
     patience: int = 100  # epochs without a better validation score; the best epoch is kept anyway
@@ -20,8 +24,8 @@ class AutoDistilConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.random_subnets < 0:
-            raise ValueError("epochs must be >= 0, batch >= 1, lr > 0 and random_subnets >= 0")
+        if self.epochs < 0 or self.batch < 1 or self.lr <= 0 or self.random_subnets < 0 or self.output_weight < 0:
+            raise ValueError("epochs must be >= 0, batch >= 1, lr > 0, random_subnets and output_weight >= 0")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
         if self.relation_heads is not None and self.relation_heads < 1:

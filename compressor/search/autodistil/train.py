@@ -1,6 +1,7 @@
 """Task-agnostic supernet training: MiniLM's self-attention distillation of the teacher's last
 layer into the last layer of sampled subnets (the sandwich rule: the sub-space's largest and
-smallest subnet and a few random ones per step, their losses averaged), on the training text.
+smallest subnet and a few random ones per step, their losses averaged), on the training text;
+for an embedding encoder, plus the normalised MSE of the sentence embedding (cfg.output_weight).
 
 compressor.distill's loop runs it: Adam with a cosine schedule, the best epoch kept by the
 validation score (the mean fidelity of the sub-space's smallest, middle and largest subnets on
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ...distill import Fidelity, TrainingData, train
+from ...distill import Fidelity, TrainingData, normalised_mse, train
 from ...progress import Progress
 from .config import AutoDistilConfig, settings
 from .select import FidelityScorer, relation_heads, subnet_loss, teacher_targets
@@ -34,10 +35,16 @@ def train_supernet(teacher, data: TrainingData, space: SubSpace, cfg: AutoDistil
     scorer = FidelityScorer(teacher, supernet, data.val, heads, cfg.batch)
     rng = random.Random(cfg.seed)
 
+    output_weight = cfg.output_weight if scorer.embedding else 0.0
+
+    def one(spec, target) -> torch.Tensor:
+        relation, out = subnet_loss(supernet, spec, target, heads)
+        return relation + output_weight * normalised_mse(out, target.output) if output_weight else relation
+
     def loss(idx: torch.Tensor) -> torch.Tensor:
         target = teacher_targets(teacher, supernet, tuple(x[idx] for x in data.train))
         picks = sandwich(space, supernet.dims, rng, cfg.random_subnets)
-        return torch.stack([subnet_loss(supernet, spec, target, heads)[0] for spec in picks]).mean()
+        return torch.stack([one(spec, target) for spec in picks]).mean()
 
     def score(_module) -> Fidelity:
         rows = [scorer(spec) for spec in probes]
