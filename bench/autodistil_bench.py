@@ -170,7 +170,7 @@ def main() -> int:
             row["latency"] = dict(next(r["latency"] for r in rows if r["key"] == row["key"].split("+")[0]))
 
     md = markdown_table(["variant", "MACs (M)", "params (M)", "cosine mean / min", "retrieval", "ONNX cosine",
-                         "median ms", "vs teacher"], rows, lambda r: [
+                         "median ms", "latency / teacher"], rows, lambda r: [
         f"{r['macs'] / 1e6:.0f}", f"{r['params'] / 1e6:.1f}", f"{r['cosine']:.4f} / {r['cosine_min']:.4f}",
         f"{r['retrieval_agreement']:.3f}", f"{r['onnx_cosine']:.4f}", f"{r['latency']['median_ms']:.2f}",
         f"{r['latency']['ratio']:.2f}x"])
