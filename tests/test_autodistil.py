@@ -180,3 +180,17 @@ def test_refuses_what_it_cannot_slice(encoder, data):
         search(torch.nn.Linear(4, 4), data)
     with pytest.raises(CompressError, match="unknown AutoDistil sub-space"):
         search(encoder, data, None, SimpleNamespace(subspaces="huge"))
+
+
+def test_latency_limit_uses_the_pass_measure(encoder, data):
+    # the search pass's measure (its target's runner); here: a cost proportional to the layers
+    measured = []
+
+    def latency_of(module) -> float:
+        measured.append(module.model.config.num_hidden_layers)
+        return float(module.model.config.num_hidden_layers)
+
+    limit = SimpleNamespace(latency_ms=1.0, latency_of=latency_of)
+    outcome = search(encoder, data, limit, SimpleNamespace(subspaces="tiny", epochs=0))
+    assert outcome.spec["layers"] == 1 and measured
+    assert all(c.feasible == (c.latency_ms is not None and c.latency_ms <= 1.0) for c in outcome.candidates)

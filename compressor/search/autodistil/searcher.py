@@ -85,7 +85,8 @@ def search(teacher, data, constraints=None, cfg=None, progress: Progress | None 
     chosen, supernet = best
     student = extract_subnet(supernet, SubnetSpec.from_json(chosen.spec))
     embedding = getattr(teacher, "task", "embedding") != "classification"
-    return SearchOutcome(student=student, spec={**chosen.spec, "macs": chosen.macs, "params": chosen.params},
+    return SearchOutcome(student=student, spec={**chosen.spec, "macs": chosen.macs, "params": chosen.params,
+                                                      "latency_ms": chosen.latency_ms},
                          method="autodistil", score_name=SCORE_NAMES[embedding],
                          candidates=sorted(rows, key=lambda c: c.macs), seconds=time.time() - started, notes=notes)
 
