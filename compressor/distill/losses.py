@@ -66,3 +66,34 @@ def matched_layer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor])
         losses.append(distances[best])
         first += best
     return torch.stack(losses).mean()
+
+
+def self_attention_relation_loss(student: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                                 teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                                 attention_mask: torch.Tensor, relation_heads: int) -> torch.Tensor:
+    """MiniLM's self-attention distillation of one layer (AutoDistil's task-agnostic loss): KL of
+    the teacher's attention distributions softmax(QK^T/sqrt(d)) to the student's, plus KL of the
+    value relations softmax(VV^T/sqrt(d)). `student` and `teacher` are that layer's (Q, K, V)
+    projections, (batch, tokens, width) each; both widths are split into `relation_heads` equal
+    heads (MiniLMv2's relation heads), so a student with fewer or narrower heads compares directly.
+    Padding tokens (mask 0) are neither attended to nor averaged over."""
+    keep = attention_mask.to(student[0].dtype)
+    key_bias = (1.0 - keep)[:, None, None, :] * -1e4  # (batch, 1, 1, keys)
+    rows = keep[:, None, :].expand(-1, relation_heads, -1)  # (batch, heads, queries)
+
+    def log_relation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n, t, width = a.shape
+        if width % relation_heads:
+            raise ValueError(f"width {width} does not split into {relation_heads} relation heads")
+        a = a.reshape(n, t, relation_heads, -1).transpose(1, 2)
+        b = b.reshape(n, t, relation_heads, -1).transpose(1, 2)
+        scores = a @ b.transpose(-1, -2) / a.shape[-1] ** 0.5
+        return torch.log_softmax(scores.float() + key_bias, dim=-1)
+
+    total = torch.zeros((), device=student[0].device)
+    for s_pair, t_pair in (((student[0], student[1]), (teacher[0], teacher[1])),
+                           ((student[2], student[2]), (teacher[2], teacher[2]))):
+        log_s, log_t = log_relation(*s_pair), log_relation(*t_pair).detach()
+        kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (batch, heads, queries)
+        total = total + (kl * rows).sum() / rows.sum().clamp_min(1.0)
+    return total
