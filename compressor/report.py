@@ -65,7 +65,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
     if "bit_exact" in low:
-        rows.append(("C engine", f"bit-exact across {', '.join(low['builds'])}: {low['bit_exact']}; "
+        checked = low.get("bit_exact_checked", ", ".join(low["builds"]))
+        rows.append(("C engine", f"bit-exact {low['bit_exact']} ({checked}); "
                                  f"{_engine_agreement(low['parity_ref'], report['model']['task'])} vs onnxruntime; "
                                  f"arena {low['sizes']['arena_bytes']} B, weights {low['sizes']['weight_bytes']} B"))
         if "instructions" in low:
