@@ -240,13 +240,24 @@ def _base_report(reference: Artifact, target: TargetProfile, data: CalibrationDa
                         "holdout_samples": data.num_holdout, "labels": data.holdout_labels is not None,
                         "fingerprint": data.fingerprint},
         "pipeline": names,
-        "sizes": {"model_bytes": model_bytes},
+        "sizes": {"model_bytes": model_bytes, "fp32_weights_bytes": fp32_weights_bytes(reference.module)},
         "versions": library_versions(),
         "notes": ([f"the model was exported with a static batch of {reference.spec.static_batch}; "
                    "the engine keeps that batch size"] if reference.spec.static_batch else [])
         + (["no --calib given: verified on random inputs, so the task metric compares with the teacher only"]
            if data.recipe == "synthetic" else []),
     }
+
+
+def fp32_weights_bytes(module: torch.nn.Module) -> int:
+    """The model's floating-point weights (parameters and buffers, each tensor once) at 4 bytes
+    each: a size baseline that does not depend on the file format it came in."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * 4
+    return total
 
 
 def _size(path: Path) -> int:
