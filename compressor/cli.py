@@ -52,7 +52,12 @@ def _overrides(**by_pass: dict) -> dict:
 @main.command("run")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="x86-cpu", show_default=True, help="Device profile name, alias or TOML path.")
-@click.option("--calib", "-c", default=None, help="Calibration recipe name or TOML path (default: random inputs).")
+@click.option("--calib", "-c", default=None,
+              help="Calibration recipe name or TOML path, or the data itself: data.npz (key x, labels y if "
+                   "present), data.npy, images/ (class subfolders give labels; scaled to [0,1], resized to the "
+                   "model input, grayscale for 1 channel) or sentences.txt (one per line, the model's tokenizer, "
+                   "padded to 128 tokens). Data is shuffled (seed 0) into 256 calibration and up to 500 held-out "
+                   "samples, split proportionally when there are fewer. Default: random inputs.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Run directory [out/<model>-<target>].")
 @click.option("--passes", default=None, help="Comma-separated passes, overriding the target's pipeline.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="Pipeline TOML: passes = [...] and a table per pass.")
