@@ -13,7 +13,7 @@ import torch
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
-from .errors import CompressError, VerificationError
+from .errors import CompressError, Interrupted, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
@@ -108,6 +108,13 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         report.update(status="failed" if isinstance(e, VerificationError) else "error", error=str(e))
         e.report = report  # the CLI shows what was measured before the failure
         raise
+    except KeyboardInterrupt:
+        stopped = manager.current or "the pipeline"
+        report.update(status="interrupted", interrupted_pass=manager.current,
+                      error=f"interrupted during the {stopped} pass; --resume continues after the finished passes")
+        error = Interrupted(report["error"])
+        error.report = report
+        raise error from None
     finally:
         report["passes"] = [r.__dict__ for r in manager.records]
         report["seconds"] = time.time() - started

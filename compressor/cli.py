@@ -5,7 +5,8 @@
     compress inspect model.pt               what the loader sees in a model file
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the engine failed verification,
-1 an internal error (a bug: the traceback is printed).
+130 interrupted (Ctrl-C; the report says which pass, --resume continues), 1 an internal error
+(a bug: the traceback is printed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .errors import CompressError
+from .errors import CompressError, Interrupted
 from .progress import Progress
 from .version import __version__
 
@@ -112,6 +113,8 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)
         _fail(e, debug)
+    except KeyboardInterrupt:  # before the pipeline started (loading, calibration): nothing to report
+        _fail(Interrupted("interrupted before any pass ran"), debug)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     if not quiet:
