@@ -167,3 +167,11 @@ def test_other_files_are_refused_with_what_calib_takes(tmp_path):
     (tmp_path / "data.csv").write_text("1,2,3\n")
     with pytest.raises(CompressError, match=r"not a recipe \(.toml\) nor a data file \(.npz, .npy, .txt"):
         load_recipe(str(tmp_path / "data.csv"))
+
+
+def test_inf_samples_are_rejected(tmp_path):
+    x = np.zeros((20, 1, 28, 28), dtype=np.float32)
+    x[15, 0, 3, 3] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(CompressError, match="NaN or Inf"):
+        load_calibration(load_recipe(str(tmp_path / "x.npy")), MNIST_SPEC)
