@@ -7,10 +7,11 @@ in int8 as the file says, only less accurately or with a larger file than the sc
 
 In explicit quantization TensorRT executes exactly the conversions the Q/DQ nodes state (developer
 guide, "Explicit Quantization"; TensorRT Python API, IQuantizeLayer/IDequantizeLayer):
-- missing-qdq (a weighted op with one input dequantized from int8 and the other float): the DQ
-  output is float, so the op runs in fp16/fp32 with int8-stored weights: the speed of float with
-  the rounding error of int8. The guide's first placement rule is to quantize all inputs of
-  weighted ops. Error.
+- missing-qdq (a weighted op with one input dequantized from int8 and the other float): the op
+  runs in fp16/fp32. With int8-stored weights and a float activation that is the speed of float
+  with the rounding error of int8, which nobody asked for (the guide's first placement rule is to
+  quantize all inputs of weighted ops): error. A float-stored weight beside a quantized activation
+  is how a layer kept in higher precision (keep_float, the accuracy budget) looks: warning.
 - residual-add (Q/DQ on one input of an Add whose other input is not a Conv output it can fuse
   into): TensorRT dequantizes and adds in fp16, then re-quantizes for the next int8 layer, where
   the guide's placement rule says to quantize the residual input so the add runs in int8 (fused
@@ -316,11 +317,14 @@ def _missing_qdq(ctx: LintContext) -> list[Violation]:
             kind = "weight" if i in weights or (node.op_type != "MatMul" and i == 1) else "activation"
             fix = ("quantize the weight (per channel, int8 initializer) and feed it through DequantizeLinear"
                    if kind == "weight" else "insert QuantizeLinear/DequantizeLinear (per tensor, int8) on this input")
+            # int8 weights with a float activation: nobody asked for float, yet it runs in float (error);
+            # a float weight beside a quantized activation is a layer kept in higher precision (warning)
             out.append(Violation(
                 "missing-qdq", ctx.index.label(node),
                 f"{node.op_type} input {i} ({kind} '{node.input[i]}') is float while input {1 - i} is dequantized "
-                "from int8: TensorRT cannot fuse the Q/DQ into an int8 kernel and runs this op in fp16/fp32.",
-                fix, False, "error"))
+                "from int8: TensorRT cannot fuse the Q/DQ into an int8 kernel and runs this op in fp16/fp32"
+                + (" (right for a layer kept in higher precision)." if kind == "weight" else "."),
+                fix, False, "warning" if kind == "weight" else "error"))
     return out
 
 
