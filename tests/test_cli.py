@@ -15,10 +15,10 @@ from compressor.cli import main
 from compressor.targets import load_target
 
 
-def _cli(*args, cwd=None):
+def _cli(*args, cwd=None, timeout=300):
     """The real console entry point in a subprocess: what a user sees."""
     return subprocess.run([sys.executable, "-m", "compressor.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=timeout)
 
 
 def _bad_inputs(models, tmp_path):
@@ -136,7 +136,7 @@ def _float_weights(onnx_path) -> int:
 def _quantize_config(tmp_path, body: str):
     path = tmp_path / "q.toml"
     path.write_text('passes = ["quantize", "export", "lower", "verify"]\n[verify]\nlatency_runs = 20\nwarmup = 2\n'
-                    f"[quantize]\nepochs = 0\n{body}\n")
+                    f"[quantize]\nepochs = 0\nobserver = \"minmax\"\n{body}\n")
     return path
 
 
@@ -145,7 +145,8 @@ def test_keep_float_flag_changes_the_graph_and_the_summary_tells_speed_and_size(
     # the TOML says keep none; the flag (which wins) keeps the most sensitive layer in float
     config = _quantize_config(tmp_path, "keep_float = 0\naccuracy_budget = 0.0")
     out = tmp_path / "run"
-    result = _cli(trained_res, "--calib", "mnist", "--out", out, "--config", config, "--keep-float", "1", "--json")
+    result = _cli(trained_res, "--calib", "mnist", "--out", out, "--config", config, "--keep-float", "1", "--json",
+                  timeout=1200)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     quant = report["passes"][0]["metrics"]
@@ -172,7 +173,7 @@ def test_accuracy_budget_flag_keeps_layers_float_in_the_graph(trained_res, tmp_p
     config = _quantize_config(tmp_path, "accuracy_budget = 0.0")
     out = tmp_path / "run"
     result = _cli(trained_res, "--target", profile, "--calib", "mnist", "--out", out, "--config", config,
-                  "--accuracy-budget", "0.02", "--json")
+                  "--accuracy-budget", "0.02", "--json", timeout=1200)
     assert result.returncode == 0, result.stderr
     quant = json.loads(result.stdout)["passes"][0]["metrics"]
     assert len(quant["kept_float"]) >= 1 and _float_weights(out / "model.onnx") == len(quant["kept_float"])
