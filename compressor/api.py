@@ -13,7 +13,7 @@ import torch
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
-from .errors import CompressError, VerificationError
+from .errors import CompressError, Interrupted, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
@@ -108,6 +108,13 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         report.update(status="failed" if isinstance(e, VerificationError) else "error", error=str(e))
         e.report = report  # the CLI shows what was measured before the failure
         raise
+    except KeyboardInterrupt:
+        stopped = manager.current or "the pipeline"
+        report.update(status="interrupted", interrupted_pass=manager.current,
+                      error=f"interrupted during the {stopped} pass; --resume continues after the finished passes")
+        error = Interrupted(report["error"])
+        error.report = report
+        raise error from None
     finally:
         report["passes"] = [r.__dict__ for r in manager.records]
         report["seconds"] = time.time() - started
@@ -240,13 +247,24 @@ def _base_report(reference: Artifact, target: TargetProfile, data: CalibrationDa
                         "holdout_samples": data.num_holdout, "labels": data.holdout_labels is not None,
                         "fingerprint": data.fingerprint},
         "pipeline": names,
-        "sizes": {"model_bytes": model_bytes},
+        "sizes": {"model_bytes": model_bytes, "fp32_weights_bytes": fp32_weights_bytes(reference.module)},
         "versions": library_versions(),
         "notes": ([f"the model was exported with a static batch of {reference.spec.static_batch}; "
                    "the engine keeps that batch size"] if reference.spec.static_batch else [])
         + (["no --calib given: verified on random inputs, so the task metric compares with the teacher only"]
            if data.recipe == "synthetic" else []),
     }
+
+
+def fp32_weights_bytes(module: torch.nn.Module) -> int:
+    """The model's floating-point weights (parameters and buffers, each tensor once) at 4 bytes
+    each: a size baseline that does not depend on the file format it came in."""
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point() and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * 4
+    return total
 
 
 def _size(path: Path) -> int:

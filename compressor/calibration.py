@@ -63,8 +63,47 @@ class CalibrationData:
         return int(self.holdout[0].shape[0])
 
 
+# --calib DATA without a recipe: what each kind of file means, and the defaults (--help says the same)
+DIRECT_SOURCES = {".npz": "npy", ".npy": "npy", ".txt": "text"}
+DIRECT_DEFAULTS = {"calibration_samples": 256, "holdout_samples": 500, "seed": 0}
+
+
+def direct_recipe(path: Path) -> Recipe:
+    """A recipe for a data file or image folder given straight to --calib: samples as they are
+    (.npz key `x`, labels `y` if present; .npy), images scaled to [0, 1] and fitted to the model's
+    input (class subfolders give labels), text one sample per line through the model's tokenizer,
+    padded to 128 tokens."""
+    path = path.resolve()
+    data: dict[str, Any] = {"path": str(path), **DIRECT_DEFAULTS}
+    if path.is_dir():
+        data.update(source="image_folder", preprocess={"scale": 1 / 255})
+    elif path.suffix.lower() in DIRECT_SOURCES:
+        data["source"] = DIRECT_SOURCES[path.suffix.lower()]
+        if path.suffix.lower() == ".npz":
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    files = list(z.files)
+            except (ValueError, OSError) as e:
+                raise CompressError(f"{path}: cannot read as .npz: {e}") from None
+            if not files:
+                raise CompressError(f"{path}: the .npz holds no arrays")
+            data["key"] = "x" if "x" in files else files[0]
+            if "y" in files:
+                data["labels_key"] = "y"
+        if data["source"] == "text":
+            data.update(tokenizer="model", max_length=128, padding="max_length")
+    else:
+        raise CompressError(f"--calib {path}: not a recipe (.toml) nor a data file (.npz, .npy, .txt, or a folder "
+                            "of images)")
+    return Recipe(name=path.name, path=path, source=data["source"], data=data,
+                  calibration_samples=DIRECT_DEFAULTS["calibration_samples"],
+                  holdout_samples=DIRECT_DEFAULTS["holdout_samples"], seed=DIRECT_DEFAULTS["seed"])
+
+
 def load_recipe(name_or_path: str) -> Recipe:
     candidate = Path(name_or_path)
+    if candidate.suffix.lower() != ".toml" and (candidate.is_dir() or candidate.is_file()):
+        return direct_recipe(candidate)
     if candidate.suffix != ".toml" and not candidate.is_file():
         bundled = data_dir("calibration") / f"{name_or_path}.toml"
         if not bundled.is_file():
@@ -220,8 +259,10 @@ def _source_image_folder(recipe: Recipe, spec: InputSpec, model_path: Path | Non
     if not files:
         raise CompressError(f"{recipe.path}: no images (.png/.jpg/.bmp/.ppm) under {folder}")
     pre = get(recipe.data, "preprocess", dict, recipe.path, default={})
-    mode = pre.get("mode", "RGB")
-    size = pre.get("size")
+    shape = spec.inputs[0].shape  # without mode/size: what the model's (N, C, H, W) input takes
+    fixed = len(shape) == 4 and all(isinstance(d, int) for d in shape[1:])
+    mode = pre.get("mode", "L" if fixed and shape[1] == 1 else "RGB")
+    size = pre.get("size", list(shape[2:]) if fixed else None)
     classes = sorted({p.parent.name for p in files}) if all(p.parent != folder for p in files) else None
     arrays, labels = [], []
     for p in files:

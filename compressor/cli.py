@@ -5,7 +5,8 @@
     compress inspect model.pt               what the loader sees in a model file
 
 Exit codes: 0 success, 2 bad input (one line on stderr), 3 the engine failed verification,
-1 an internal error (a bug: the traceback is printed).
+130 interrupted (Ctrl-C; the report says which pass, --resume continues), 1 an internal error
+(a bug: the traceback is printed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from .errors import CompressError
+from .errors import CompressError, Interrupted
 from .progress import Progress
 from .version import __version__
 
@@ -52,7 +53,12 @@ def _overrides(**by_pass: dict) -> dict:
 @main.command("run")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", default="x86-cpu", show_default=True, help="Device profile name, alias or TOML path.")
-@click.option("--calib", "-c", default=None, help="Calibration recipe name or TOML path (default: random inputs).")
+@click.option("--calib", "-c", default=None,
+              help="Calibration recipe name or TOML path, or the data itself: data.npz (key x, labels y if "
+                   "present), data.npy, images/ (class subfolders give labels; scaled to [0,1], resized to the "
+                   "model input, grayscale for 1 channel) or sentences.txt (one per line, the model's tokenizer, "
+                   "padded to 128 tokens). Data is shuffled (seed 0) into 256 calibration and up to 500 held-out "
+                   "samples, split proportionally when there are fewer. Default: random inputs.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Run directory [out/<model>-<target>].")
 @click.option("--passes", default=None, help="Comma-separated passes, overriding the target's pipeline.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="Pipeline TOML: passes = [...] and a table per pass.")
@@ -107,6 +113,8 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)
         _fail(e, debug)
+    except KeyboardInterrupt:  # before the pipeline started (loading, calibration): nothing to report
+        _fail(Interrupted("interrupted before any pass ran"), debug)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     if not quiet:

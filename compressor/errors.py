@@ -16,6 +16,13 @@ class VerificationError(CompressError):
     exit_code = 3
 
 
+class Interrupted(CompressError):
+    """The user stopped the run (Ctrl-C, SIGINT): exit 130, as shells report a SIGINT'd command.
+    The report says which pass was stopped; `--resume` continues from the finished passes."""
+
+    exit_code = 130
+
+
 def first_line(e: BaseException, limit: int = 300, typed: bool = False) -> str:
     """An exception's message cut to its first line (its type's name when it has none): what a
     one-line error quotes from a library's multi-line one. `typed`: "TypeName: message"."""

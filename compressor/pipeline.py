@@ -92,9 +92,11 @@ class PassManager:
         self.passes = passes
         self.ctx = ctx
         self.records: list[PassRecord] = []
+        self.current: str | None = None  # the pass running now (what an interrupt stopped)
 
     def run(self, artifact: Artifact) -> Artifact:
         for index, p in enumerate(self.passes, start=1):
+            self.current = p.name
             folder = self.ctx.run_dir / f"{index:02d}-{p.name}"
             key = sha256_json({"input": artifact.fingerprint, "pass": p.name, "version": p.version,
                                "package": __version__, "config": dataclasses.asdict(p.config),
@@ -107,6 +109,7 @@ class PassManager:
                 artifact, record = self._run_pass(p, index, folder, key, artifact)
             self.records.append(record)
             self.ctx.history.append((p.name, artifact))
+        self.current = None
         return artifact
 
     def _run_pass(self, p: Pass, index: int, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord]:

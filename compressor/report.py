@@ -49,11 +49,7 @@ def _engine_agreement(parity: dict[str, Any], task: str) -> str:
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
             ("target", f"{report['target']['name']} ({report['target']['backend']})")]
-    sizes = report.get("sizes", {})
-    if sizes.get("engine_bytes"):
-        what = f", {sizes['engine_bytes_are']}" if sizes.get("engine_bytes_are") else ""
-        rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
-                             f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller{what})"))
+    rows += _size_rows(report)
     rows += _prune_rows(_pass_metrics(report, "prune"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
@@ -65,7 +61,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
     if "bit_exact" in low:
-        rows.append(("C engine", f"bit-exact across {', '.join(low['builds'])}: {low['bit_exact']}; "
+        checked = low.get("bit_exact_checked", ", ".join(low["builds"]))
+        rows.append(("C engine", f"bit-exact {low['bit_exact']} ({checked}); "
                                  f"{_engine_agreement(low['parity_ref'], report['model']['task'])} vs onnxruntime; "
                                  f"arena {low['sizes']['arena_bytes']} B, weights {low['sizes']['weight_bytes']} B"))
         if "instructions" in low:
@@ -79,6 +76,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if "integer_kernels" in low:
         rows.append(("onnxruntime kernels", f"{low['integer_kernels']} integer, {low['float_compute']} float compute"))
     v = _verify_metrics(report)
+    if v.get("latency"):
+        verdicts = _speed_verdicts(v)
+        if verdicts:
+            rows.append(("speed vs FP32 onnxruntime", verdicts))
     if v:
         par = v["parity"]
         line = f"max |diff| {par['max_abs_diff']:.3g}, cosine {par['cosine_mean']:.6f}"
@@ -91,6 +92,10 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
                      f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "
                      f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
+        if "retrieval_agreement" in v["engine_metric"]:
+            gate = v.get("min_retrieval_agreement")
+            rows.append(("rank-1 retrieval agreement", f"{v['engine_metric']['retrieval_agreement']:.3f} with the "
+                         "teacher " + (f"(gated: at least {gate})" if gate else "(reported, not gated on this target)")))
         where = " (host QDQ reference, not the device)" if v.get("latency_stand_in") else ""
         for label, lat in v.get("latency", {}).items():
             line = (f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
@@ -104,6 +109,39 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if report.get("engine"):
         rows.append(("engine", report["engine"]["path"]))
     return rows
+
+
+def _size_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The engine against the same model in FP32: the teacher's FP32 ONNX where verify exported it
+    (the same format), else its FP32 weights; the input file's size is a packaging detail (a
+    torch.export archive can be twice its weights)."""
+    sizes = report.get("sizes", {})
+    if not sizes.get("engine_bytes"):
+        return []
+    fp32_onnx = _verify_metrics(report).get("fp32_onnx_bytes")
+    base, label = ((fp32_onnx, "the teacher as FP32 ONNX") if fp32_onnx
+                   else (sizes.get("fp32_weights_bytes"), "the teacher's FP32 weights"))
+    if not base:  # a report from before the baseline was recorded
+        base, label = sizes["model_bytes"], "the input file"
+    what = f", {sizes['engine_bytes_are']}" if sizes.get("engine_bytes_are") else ""
+    return [(f"size (vs {label})", f"{_mb(base)} -> {_mb(sizes['engine_bytes'])} "
+                                   f"({base / sizes['engine_bytes']:.2f}x smaller{what}); input file "
+                                   f"{_mb(sizes['model_bytes'])}")]
+
+
+_VERDICT_WORDS = {"faster": "faster", "slower": "NOT faster (slower)", "same": "NOT faster (no difference beyond the noise)"}
+
+
+def _speed_verdicts(v: dict[str, Any]) -> str:
+    """In words, per thread setting: is the engine faster than the teacher as FP32 ONNX in the same
+    runtime, beyond the run's own noise (the ratio's spread over the parts of the run)?"""
+    parts = []
+    for label, lat in v["latency"].items():
+        if "verdict" not in lat:
+            continue
+        parts.append(f"{label.replace('_', ' ')}: {_VERDICT_WORDS[lat['verdict']]}, engine time "
+                     f"{lat['engine_over_fp32_onnx']:.2f}x of FP32 (noise +-{lat['engine_over_fp32_onnx_noise']:.2f})")
+    return "; ".join(parts)
 
 
 def _prune_rows(p: dict[str, Any]) -> list[tuple[str, str]]:

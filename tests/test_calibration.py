@@ -115,3 +115,63 @@ def test_training_samples_extend_the_calibration_side_never_the_held_out(tmp_pat
     plain.write_text('source = "npy"\npath = "x.npy"\ncalibration_samples = 10\nholdout_samples = 30\n')
     same = load_calibration(load_recipe(str(plain)), spec)
     assert same.training()[0][0].shape[0] == 10  # without training_samples: the calibration samples
+
+
+# --- --calib DATA: a data file or folder without a recipe -------------------------------------
+
+def test_npz_given_directly_uses_x_and_y(tmp_path):
+    x = np.random.default_rng(0).random((50, 1, 28, 28), dtype=np.float32)
+    y = np.arange(50) % 10
+    np.savez(tmp_path / "data.npz", x=x, y=y, extra=np.zeros(3))
+    data = load_calibration(load_recipe(str(tmp_path / "data.npz")), MNIST_SPEC)
+    # 50 samples against the 256 + 500 default: split in the same proportion
+    assert data.num_calib + data.num_holdout == 50 and data.num_calib == 50 * 256 // 756
+    assert data.holdout_labels is not None
+    together = np.concatenate([data.calib[0].numpy(), data.holdout[0].numpy()])
+    np.testing.assert_array_equal(np.sort(together.ravel()), np.sort(x.ravel()))  # as they are: no preprocessing
+
+
+def test_npy_given_directly(tmp_path):
+    np.save(tmp_path / "data.npy", np.random.default_rng(1).random((20, 1, 28, 28), dtype=np.float32))
+    data = load_calibration(load_recipe(str(tmp_path / "data.npy")), MNIST_SPEC)
+    assert data.num_calib + data.num_holdout == 20 and data.holdout_labels is None
+
+
+def test_image_folder_given_directly_fits_the_model_input(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "images" / cls).mkdir(parents=True)
+        for i in range(4):  # RGB 40x30 images for a 1x28x28 model: grayscale, resized, scaled to [0, 1]
+            Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
+    data = load_calibration(load_recipe(str(tmp_path / "images")), MNIST_SPEC)
+    assert tuple(data.calib[0].shape[1:]) == (1, 28, 28)
+    assert 0.0 <= float(data.calib[0].min()) and float(data.calib[0].max()) <= 1.0
+    assert set(data.holdout_labels.tolist()) <= {0, 1}
+
+
+def test_text_given_directly_is_tokenized_for_the_model(tmp_path):
+    from conftest import sample_module
+
+    try:
+        model = sample_module("samples/minilm/locate.py", "minilm_locate").model_folder()
+    except FileNotFoundError as e:
+        pytest.skip(f"{e} (the MiniLM sample model)")
+    (tmp_path / "sentences.txt").write_text("\n".join(f"sentence number {i} about cats" for i in range(12)) + "\n")
+    spec = InputSpec((TensorSpec("input_ids", ("batch", "sequence"), "int64"),
+                      TensorSpec("attention_mask", ("batch", "sequence"), "int64")), task="embedding")
+    data = load_calibration(load_recipe(str(tmp_path / "sentences.txt")), spec, model)
+    assert data.num_calib + data.num_holdout == 12 and tuple(data.calib[0].shape[1:]) == (128,)
+
+
+def test_other_files_are_refused_with_what_calib_takes(tmp_path):
+    (tmp_path / "data.csv").write_text("1,2,3\n")
+    with pytest.raises(CompressError, match=r"not a recipe \(.toml\) nor a data file \(.npz, .npy, .txt"):
+        load_recipe(str(tmp_path / "data.csv"))
+
+
+def test_inf_samples_are_rejected(tmp_path):
+    x = np.zeros((20, 1, 28, 28), dtype=np.float32)
+    x[15, 0, 3, 3] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(CompressError, match="NaN or Inf"):
+        load_calibration(load_recipe(str(tmp_path / "x.npy")), MNIST_SPEC)

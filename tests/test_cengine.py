@@ -86,6 +86,34 @@ def test_verify_bit_exact_and_parity(report):
     assert report["latency"]["engine_host_ms"] > 0 and report["latency"]["ort_int8_ms"] > 0
 
 
+def test_verify_names_what_it_compared(report):
+    assert report["bit_exact_checked"].startswith("host build vs rv64gc, rv64gcv under qemu-riscv64 on 200 samples")
+    assert report["emulated_samples"] == 200 and report["bit_exact_samples"] == 200
+
+
+def test_host_build_alone_is_not_called_bit_exact(mnist):
+    rep = ce.verify(mnist["qdq"], mnist["engine"], mnist["x"][:20], archs=("host",), count=False, latency_runs=0)
+    assert rep["bit_exact"] is None and rep["bit_exact_pairs"] == {} and rep["emulated_samples"] == 0
+    assert rep["bit_exact_checked"] == "not checked: only the host build ran"
+
+
+def test_a_diverging_rvv_kernel_fails_verification(mnist, tmp_path):
+    """One kernel changed in the generated C (the RVV requantization truncates instead of rounding):
+    the rv64gcv build under qemu differs from the host build, and verification says so."""
+    require_riscv()
+    engine = tmp_path / "diverged"
+    shutil.copytree(mnist["engine"], engine, ignore=shutil.ignore_patterns("build"))
+    header = engine / "cengine" / "ce_internal.h"
+    text = header.read_text()
+    rounding = "p = __riscv_vadd_vx_i64m8(p, h, vl);"
+    assert text.count(rounding) == 1
+    header.write_text(text.replace(rounding, "p = __riscv_vadd_vx_i64m8(p, 0, vl);"))
+    rep = ce.verify(mnist["qdq"], engine, mnist["x"][:20], count=False, latency_runs=0, emulated_samples=8)
+    assert rep["bit_exact"] is False and not rep["passed"]
+    assert rep["bit_exact_pairs"]["rv64gcv"] is False and rep["bit_exact_pairs"]["rv64gc"] is True
+    assert "on 8 samples" in rep["bit_exact_checked"]
+
+
 def test_rvv_instruction_count(report):
     n = report["instructions"]
     assert n["rv64gcv"] > 0 and n["rv64gc"] > 0

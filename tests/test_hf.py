@@ -335,6 +335,9 @@ def test_tiny_encoder_quantized_for_x86_end_to_end(tmp_path):
     assert export["static_shapes"] == {"input_ids": [1, 32], "attention_mask": [1, 32]}
     assert export["int8_embeddings"] == 3  # word, position and token-type tables
     assert quant["observer"] in quant["observer_trials"] and len(quant["observer_trials"]) == 4
+    # auto keeps the observer that scored best on the validation slice (metric, then output error)
+    score = {k: (t["val_metric"], -t["val_output_error"]) for k, t in quant["observer_trials"].items()}
+    assert score[quant["observer"]] == max(score.values()), quant["observer_trials"]
     assert not any(layer["op"] == "add" for layer in quant["sensitivity"])
     assert verify["passed"] and verify["parity"]["cosine_mean"] >= 0.999
     ops = lower["optimized_ops"]

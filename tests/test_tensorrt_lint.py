@@ -159,6 +159,7 @@ def test_per_tensor_weight_scale(nano):
     vs = lint(trt_cnn(w1_per_tensor=True), nano)
     assert rules(vs) == {"weight-per-tensor": ["w1_DQ"]}
     assert "conv1" in vs[0].message and not vs[0].auto_fixable
+    assert vs[0].severity == "warning"  # TensorRT runs per-tensor weights in int8 as written
 
 
 def test_per_channel_scales_on_the_wrong_axis(nano):
@@ -169,18 +170,56 @@ def test_weighted_op_with_unquantized_activation(nano):
     vs = lint(trt_cnn(conv2_act_dq=False), nano)
     assert rules(vs) == {"missing-qdq": ["conv2"]}
     assert "input 0 (activation 'relu1_out')" in vs[0].message
+    assert vs[0].severity == "error"  # TensorRT would run conv2 in fp16/fp32
 
 
 def test_weighted_op_with_float_weight(nano):
     vs = lint(trt_cnn(conv2_w_dq=False), nano)
     assert rules(vs) == {"missing-qdq": ["conv2"]}
     assert "input 1 (weight 'w2')" in vs[0].message
+    assert vs[0].severity == "warning"  # a layer kept in higher precision: fp16 as asked
 
 
 def test_residual_add_quantized_on_one_side(nano):
     vs = lint(trt_cnn(add="one"), nano)
     assert rules(vs) == {"residual-add": ["residual"]}
     assert "relu1_out" in vs[0].fix
+    assert vs[0].severity == "error"  # dequantized and added in fp16, not an int8 add
+
+
+# README's TensorRT section promises which rules fail the run and which only warn: a phrase of
+# each list, with a graph that breaks that rule alone
+README_RULES = {
+    "a float activation into a weighted op whose weight is int8": (dict(conv2_act_dq=False), "missing-qdq", "error"),
+    "a float weight beside a quantized activation": (dict(conv2_w_dq=False), "missing-qdq", "warning"),
+    "Q/DQ on one input of a residual Add": (dict(add="one"), "residual-add", "error"),
+    "asymmetric zero points": (dict(act_zp=5), "asymmetric-zero-point", "error"),
+    "per-tensor weight scales": (dict(w1_per_tensor=True), "weight-per-tensor", "warning"),
+    "weights stored as float": (dict(float_weights=True), "weight-float", "warning"),
+}
+
+
+@pytest.mark.parametrize("phrase", README_RULES)
+def test_readme_and_lint_agree_on_what_fails_the_run(nano, phrase, tmp_path):
+    from pathlib import Path
+
+    from compressor.backends.tensorrt import lower_onnx
+    from compressor.errors import CompressError
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    errors_part = text.split("Errors fail the run", 1)[1].split("Warnings are listed", 1)[0]
+    warnings_part = text.split("Warnings are listed", 1)[1].split("TensorRT engines are specific", 1)[0]
+    kwargs, rule, severity = README_RULES[phrase]
+    assert phrase in (errors_part if severity == "error" else warnings_part)
+    vs = lint(trt_cnn(**kwargs), nano)
+    assert {v.rule: v.severity for v in vs} == {rule: severity}
+    path = tmp_path / "m.onnx"
+    onnx.save(trt_cnn(**kwargs), path)
+    if severity == "error":
+        with pytest.raises(CompressError, match=rule):
+            lower_onnx(path, tmp_path / "out", nano, None)
+    else:  # the run goes on (a float-stored weight is even fixed on the way)
+        assert lower_onnx(path, tmp_path / "out", nano, None).onnx_path.is_file()
 
 
 def test_weights_stored_as_float(nano):

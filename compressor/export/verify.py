@@ -23,7 +23,7 @@ from ..errors import VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
 from ..passes import Pass, PassResult, RunContext, register
-from ..profile.latency import measure
+from ..profile.latency import measure, ratio_with_noise, speed_verdict
 
 # Quantized engines differ from their fake-quant module by rounding at a few boundaries.
 QUANTIZED_MIN_TOP1_AGREEMENT = 0.995
@@ -103,6 +103,15 @@ def parity_failures(p: dict[str, float], precision: str, atol: float, task: str)
     return failures
 
 
+def retrieval_failures(engine_metric: dict, minimum: float) -> list[str]:
+    """An embedding engine's rank-1 retrieval agreement with the teacher, held to the target's
+    `budgets.min_retrieval_agreement` (0: reported only)."""
+    agreement = engine_metric.get("retrieval_agreement")
+    if agreement is None or not minimum or agreement >= minimum:
+        return []
+    return [f"rank-1 retrieval agreement with the teacher {agreement:.3f} < {minimum} (budgets.min_retrieval_agreement)"]
+
+
 def with_teacher_cosines(p: dict[str, float], engine: np.ndarray, source: np.ndarray, teacher: np.ndarray) -> dict:
     """How close engine and module each are to the teacher (mean cosine): a rounding-level
     difference between them leaves both equally close."""
@@ -167,12 +176,16 @@ class VerifyPass(Pass):
                     ctx.progress.log(f"  no FP32 onnxruntime baseline for the latency (the teacher did not export: {why})")
             metrics["latency"] = self._latency(ctx, check.runner, baseline)
             if baseline is not None:
-                baseline.unlink()  # the teacher's size again: only its timing is kept
+                metrics["fp32_onnx_bytes"] = baseline.stat().st_size  # the size baseline in the same format
+                baseline.unlink()  # the teacher's size again: only its timing and size are kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
             metrics["latency_stand_in"] = check.latency_stand_in
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
+        failures += retrieval_failures(metrics["engine_metric"], ctx.target.budgets.min_retrieval_agreement)
+        if "retrieval_agreement" in metrics["engine_metric"]:
+            metrics["min_retrieval_agreement"] = ctx.target.budgets.min_retrieval_agreement or None
         metrics["passed"] = not failures
         if failures:
             error = VerificationError("verification failed: " + "; ".join(failures))
@@ -202,7 +215,9 @@ class VerifyPass(Pass):
                 torch.set_num_threads(saved)
             timings["speedup"] = timings["pytorch"]["median_ms"] / timings["engine"]["median_ms"]
             if "fp32_onnx" in timings:
-                timings["engine_over_fp32_onnx"] = timings["engine"]["median_ms"] / timings["fp32_onnx"]["median_ms"]
+                ratio, noise = ratio_with_noise(timings["engine"], timings["fp32_onnx"])
+                timings["engine_over_fp32_onnx"], timings["engine_over_fp32_onnx_noise"] = ratio, noise
+                timings["verdict"] = speed_verdict(ratio, noise)
             timings["threads"] = threads
             timings["input_shapes"] = [list(x.shape) for x in sample]  # e.g. [[1, 128], [1, 128]] for text
             results[label] = timings

@@ -21,6 +21,7 @@ from ..progress import Progress
 
 SETTLE_S = 0.05  # pause before a block: long enough for the previous variant's threads to stop spinning
 UNTIMED_PER_BLOCK = 2  # calls that wake this variant's threads and caches before its block is timed
+PARTS = 5  # the runs in consecutive parts: how a ratio moves between them estimates its noise
 
 
 def measure(variants: dict[str, Callable[[], object]], runs: int = 100, warmup: int = 10,
@@ -42,5 +43,19 @@ def measure(variants: dict[str, Callable[[], object]], runs: int = 100, warmup: 
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "runs": len(t)}
+    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
+                   "part_medians_ms": [float(np.median(c)) for c in np.array_split(np.asarray(t), PARTS) if len(c)]}
             for name, t in times.items()}
+
+
+def ratio_with_noise(a: dict[str, float], b: dict[str, float]) -> tuple[float, float]:
+    """Median time of `a` over `b`, and the run's own noise on that ratio: half the spread of the
+    same ratio over the consecutive parts of the run (both variants were timed in each part)."""
+    ratio = a["median_ms"] / b["median_ms"]
+    parts = [x / y for x, y in zip(a.get("part_medians_ms", []), b.get("part_medians_ms", []))]
+    return ratio, (max(parts) - min(parts)) / 2 if len(parts) > 1 else 0.0
+
+
+def speed_verdict(ratio: float, noise: float) -> str:
+    """'faster', 'slower', or 'same' (the time ratio within the run's noise of 1)."""
+    return "faster" if ratio < 1 - noise else "slower" if ratio > 1 + noise else "same"

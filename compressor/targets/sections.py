@@ -104,6 +104,13 @@ class Budgets:
     max_metric_drop: float = 0.01  # absolute drop of the task metric vs the teacher
     parity_atol: float = 1e-3  # FP32 engine vs PyTorch: max abs difference of outputs
     latency_runs: int = 100
+    # embeddings: the least rank-1 retrieval agreement with the teacher on the held-out samples;
+    # 0 = reported, not gated (a target where no encoder engine has been measured)
+    min_retrieval_agreement: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_retrieval_agreement <= 1.0:
+            raise FieldError("min_retrieval_agreement", "must be a fraction in [0, 1]")
 
 
 COMMON_SECTIONS = {"device": Device, "precision": Precision, "quantization": Quantization,

@@ -1,8 +1,25 @@
 """TensorRT compatibility lint for a QDQ ONNX graph: each rule finds violations with node names and fixes.
 
-Severity: "error" means TensorRT refuses the graph or computes something other than the ONNX
-semantics (so onnxruntime parity no longer predicts the engine); "warning" means it builds and
-matches, but slower or less accurate than the target's scheme intends (a blocked int8 fusion).
+Severity: "error" means TensorRT refuses the graph, computes something other than the ONNX
+semantics (so onnxruntime parity no longer predicts the engine), or silently runs in fp16/fp32 an op
+that the target's scheme (and the report's "int8") says is int8; "warning" means it builds and runs
+in int8 as the file says, only less accurately or with a larger file than the scheme intends.
+
+In explicit quantization TensorRT executes exactly the conversions the Q/DQ nodes state (developer
+guide, "Explicit Quantization"; TensorRT Python API, IQuantizeLayer/IDequantizeLayer):
+- missing-qdq (a weighted op with one input dequantized from int8 and the other float): the op
+  runs in fp16/fp32. With int8-stored weights and a float activation that is the speed of float
+  with the rounding error of int8, which nobody asked for (the guide's first placement rule is to
+  quantize all inputs of weighted ops): error. A float-stored weight beside a quantized activation
+  is how a layer kept in higher precision (keep_float, the accuracy budget) looks: warning.
+- residual-add (Q/DQ on one input of an Add whose other input is not a Conv output it can fuse
+  into): TensorRT dequantizes and adds in fp16, then re-quantizes for the next int8 layer, where
+  the guide's placement rule says to quantize the residual input so the add runs in int8 (fused
+  into the Conv, "conv + add" in its layer fusions). Our tensorrt scheme quantizes both inputs, so
+  a one-sided Add in its output is a broken graph, not a choice. Error.
+- weight-per-tensor: TensorRT accepts per-tensor weight scales (per-channel is supported, not
+  required) and runs the op in int8 exactly as the file says; the cost is accuracy, which verify
+  measures against the budget. Warning.
 
 Placement rules follow TensorRT's Q/DQ placement recommendations (developer guide, "Explicit
 Quantization"): quantize all inputs of weighted ops (Conv, ConvTranspose, Gemm/MatMul); do not
@@ -241,7 +258,8 @@ def _weight_per_tensor(ctx: LintContext) -> list[Violation]:
             out.append(Violation(
                 "weight-per-tensor", ctx.index.label(dq),
                 f"the weight of {node.op_type} '{ctx.index.label(node)}' has one scale for all "
-                f"{channels or 'its'} output channels; the target requires per-channel weight scales.",
+                f"{channels or 'its'} output channels; TensorRT runs it in int8, but the target's scheme "
+                "is per channel (more accurate).",
                 f"quantize the weight per output channel (axis {axis if axis >= 0 else 'last'})", False, "warning"))
     return out
 
@@ -299,11 +317,14 @@ def _missing_qdq(ctx: LintContext) -> list[Violation]:
             kind = "weight" if i in weights or (node.op_type != "MatMul" and i == 1) else "activation"
             fix = ("quantize the weight (per channel, int8 initializer) and feed it through DequantizeLinear"
                    if kind == "weight" else "insert QuantizeLinear/DequantizeLinear (per tensor, int8) on this input")
+            # int8 weights with a float activation: nobody asked for float, yet it runs in float (error);
+            # a float weight beside a quantized activation is a layer kept in higher precision (warning)
             out.append(Violation(
                 "missing-qdq", ctx.index.label(node),
                 f"{node.op_type} input {i} ({kind} '{node.input[i]}') is float while input {1 - i} is dequantized "
-                "from int8: TensorRT cannot fuse the Q/DQ into an int8 kernel and runs this op in float.",
-                fix, False, "warning"))
+                "from int8: TensorRT cannot fuse the Q/DQ into an int8 kernel and runs this op in fp16/fp32"
+                + (" (right for a layer kept in higher precision)." if kind == "weight" else "."),
+                fix, False, "warning" if kind == "weight" else "error"))
     return out
 
 
@@ -336,7 +357,7 @@ def _residual_add(ctx: LintContext) -> list[Violation]:
             "residual-add", ctx.index.label(node),
             f"Add has Q/DQ on input '{a if qa else b}' but not on '{other}': TensorRT cannot run it as an int8 "
             "add (nor fuse it into a Conv), so it dequantizes and adds in float.",
-            f"insert QuantizeLinear/DequantizeLinear (int8, per tensor) on '{other}'", False, "warning"))
+            f"insert QuantizeLinear/DequantizeLinear (int8, per tensor) on '{other}'", False, "error"))
     return out
 
 
