@@ -118,8 +118,9 @@ def test_lower_kl_wins_over_one_validation_flip_but_not_over_many():
     assert prefer(Fidelity(349 / 350, 2.4e-4, 1.0e-3, 350), ptq)[0]
     assert not prefer(Fidelity(345 / 350, 2.4e-4, 1.0e-3, 350), ptq)[0]  # five flips are evidence
     assert not prefer(Fidelity(1.0, 5e-4, 2.5e-3, 350), ptq)[0]  # the same metric, a higher KL
-    # on 20 samples one flip is a 5% drop, and still within noise; a clear metric gain wins anyway
+    # on 20 samples one flip is a 5% drop, and still within noise; a metric gain never outvotes a higher KL
     assert prefer(Fidelity(19 / 20, 1e-4, 1e-3, 20), Fidelity(1.0, 2e-4, 2e-3, 20))[0]
+    assert not prefer(Fidelity(1.0, 1e-4, 3e-3, 20), Fidelity(0.8, 2e-4, 2e-3, 20))[0]
     assert best_of({"a": Fidelity(0.97, 0, 1e-3, 1000), "b": Fidelity(1.0, 0, 9e-3, 1000),
                     "c": Fidelity(0.999, 0, 5e-3, 1000)}) == "c"
 

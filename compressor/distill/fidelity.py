@@ -5,10 +5,12 @@ A Fidelity holds a continuous divergence from the teacher (the logit KL at the d
 temperature for classifiers, the normalised output error otherwise), the discrete task metric
 against the teacher (top-1 agreement, cosine) and how many samples it was measured on.
 
-The selection rule (`best_of`, `prefer`) is in one place:
-  the continuous divergence decides, and the discrete metric guards: a candidate whose metric is
-  below the best candidate's by more than GUARD_SE standard errors of a proportion on n samples
-  is out, whatever its divergence. The standard error is sqrt(p (1 - p) / n) with p the best
+The selection rule is in one place: the continuous divergence decides, and the discrete metric
+only vetoes. `best_of` (observers): a candidate whose metric is below the best candidate's by more
+than GUARD_SE standard errors of a proportion on n samples is out, whatever its divergence; the
+lowest divergence among the rest wins. `prefer` (epochs, PTQ vs QAD, bias correction): a new state
+replaces the kept one only when its divergence is lower and its metric is not lower by more than
+that noise, so what is kept is never further from the teacher than PTQ by the continuous measure. The standard error is sqrt(p (1 - p) / n) with p the best
   metric by Laplace's rule, (p n + 1) / (n + 2), so a perfect score still has sampling noise
   (n = 350: a drop of one flip, 0.0029, is within 2 SE = 0.0057; two flips are not). For metrics
   in [0, 1] that are not proportions (cosine) the same bound holds: no mean of values in [0, 1]
@@ -61,10 +63,9 @@ def best_of(candidates: Mapping[K, Fidelity]) -> K:
 
 
 def prefer(candidate: Fidelity, incumbent: Fidelity) -> tuple[bool, str]:
-    """Whether `candidate` replaces `incumbent` under `best_of`'s rule, and why, in words."""
+    """Whether `candidate` replaces `incumbent` (lower divergence, metric not lower beyond noise),
+    and why, in words."""
     drop, noise = incumbent.metric - candidate.metric, max(incumbent, candidate, key=lambda f: f.metric).noise()
-    if -drop > noise:
-        return True, f"metric up {-drop:.4f}, beyond noise {noise:.4f}"
     if drop > noise:
         return False, f"metric down {drop:.4f}, beyond noise {noise:.4f}"
     metric = f"metric {-drop:+.4f} within noise {noise:.4f}"
