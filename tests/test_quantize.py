@@ -432,3 +432,28 @@ def test_relu6_outputs_take_their_known_range_where_the_scheme_is_asymmetric(tar
     small, large = ([r for name, r in ranges.items() if "hardtanh" in name] for ranges in (small, large))
     assert small[0][0] == 0.0 and 0 < small[0][1] < 6, small  # the finer step of what was seen
     assert large == [(0.0, 6.0)], large
+
+
+def test_bias_correction_of_linears_over_token_sequences_is_per_output_feature():
+    # an encoder's Linear reads (batch, tokens, features): its channel is the last dimension, and a
+    # Linear without a bias gets one
+    from compressor.quantize.bias_correction import apply_shifts, expected_shifts
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 12), torch.nn.Linear(12, 4, bias=False)
+
+        def forward(self, x):
+            return self.b(self.a(x).relu())
+
+    torch.manual_seed(0)
+    spec = InputSpec((TensorSpec("x", ("batch", 8, 16)),))
+    gm, _ = to_graph_module(Tokens().eval(), spec)
+    placed = insert_fake_quants(gm, QuantScheme.from_target(load_target("riscv")))
+    x = torch.randn(32, 8, 16)
+    shifts = expected_shifts(gm, placed.layers, (x,), 8)
+    assert {k: tuple(v.shape) for k, v in shifts.items()} == {"linear": (12,), "linear_1": (4,)}
+    before = gm(x).detach()
+    apply_shifts(gm, shifts)
+    assert not torch.equal(gm(x).detach(), before)

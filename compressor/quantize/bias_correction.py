@@ -48,9 +48,10 @@ class _ShiftMeter(fx.Interpreter):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             delta = args[1] - self.env[self.weights[n]]
             shift = n.target(args[0], delta, None, *args[BIAS_ARG + 1:], **kwargs)
-            dims = [d for d in range(shift.dim()) if d != (1 if shift.dim() > 2 else shift.dim() - 1)]
+            channel = shift.dim() - 1 if n.target == torch.ops.aten.linear.default else 1  # conv: N C ...
+            dims = [d for d in range(shift.dim()) if d != channel]
             self.sums[n] = self.sums.get(n, 0) + shift.sum(dim=dims)
-            self.counts[n] = self.counts.get(n, 0) + shift.numel() // shift.shape[1 if shift.dim() > 2 else -1]
+            self.counts[n] = self.counts.get(n, 0) + shift.numel() // shift.shape[channel]
         return out
 
 
