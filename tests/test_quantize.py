@@ -403,8 +403,9 @@ def test_bias_correction_removes_the_mean_shift_that_weight_rounding_adds():
 
 def test_bias_correction_in_the_pass_is_kept_only_where_the_validation_slice_prefers_it(trained_res, tmp_path):
     profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 4"})
-    result = compress(trained_res, target=str(profile), calib="mnist", out=tmp_path / "run",
-                      config=_config(tmp_path, "epochs = 0\naccuracy_budget = 0.0", passes='"quantize"'))
+    config = tmp_path / "pipeline.toml"
+    config.write_text('passes = ["quantize"]\n[quantize]\nepochs = 0\naccuracy_budget = 0.0\n')
+    result = compress(trained_res, target=str(profile), calib="mnist", out=tmp_path / "run", config=config)
     correction = result.report["passes"][0]["metrics"]["bias_correction"]
     assert correction["layers"] == 4  # every Conv and the Linear
     after, before = correction["after"], correction["before"]
