@@ -73,8 +73,10 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--keep-float", type=click.IntRange(min=0), default=None,
               help="Keep the N most quantization-sensitive layers in the target's higher precision.")
 @click.option("--accuracy-budget", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
-              help="Keep the most sensitive layers in higher precision until the metric drop before "
-                   "fine-tuning is at most this (e.g. 0.005 = half a point of top-1).")
+              help="Keep the most sensitive layers in higher precision until the drop before fine-tuning "
+                   "is at most this (e.g. 0.005 = half a point), measured as agreement with the teacher "
+                   "(top-1 agreement, or cosine for embeddings) on the validation slice of the calibration "
+                   "data, not label accuracy. A budget only all-float meets fails with exit 3.")
 @click.option("--sparsity", type=float, default=None,
               help="Prune (CoFi) until this fraction of the prunable parameters is removed, e.g. 0.6.")
 @click.option("--macs-budget", type=float, default=None,

@@ -53,10 +53,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows += _prune_rows(_pass_metrics(report, "prune"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
+        int8 = q.get("int8_layers", q["quantized_layers"] - len(q["kept_float"]))
         rows.append((f"quantization ({q['scheme']}, {q['observer']})",
                      f"{q['metric_name']} teacher {q['teacher_metric']:.4f}, PTQ {q['ptq_metric']:.4f}, "
-                     f"QAD {q['qad_metric']:.4f}; {q['quantized_layers']} layers int8, "
+                     f"QAD {q['qad_metric']:.4f}; {int8} layers int8, "
                      f"{len(q['kept_float'])} kept {q['keep_float_dtype']}, {len(q['float_ops'])} float ops"))
+        rows += _kept_float_rows(q)
     low = _pass_metrics(report, "lower")
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
@@ -144,6 +146,22 @@ def _speed_verdicts(v: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _kept_float_rows(q: dict[str, Any]) -> list[tuple[str, str]]:
+    """What the layers kept in float cost, and which QAD epoch was kept and why."""
+    rows = []
+    cost = q.get("kept_float_cost")
+    if q["kept_float"] and cost:
+        unmet = "" if q.get("accuracy_budget_met", True) else f"accuracy budget {q['accuracy_budget']} NOT met; "
+        rows.append((f"kept {q['keep_float_dtype']}", f"{unmet}{len(q['kept_float'])} of {q['quantized_layers']} layers "
+                     f"({cost['weights_fraction']:.0%} of the weights, +{cost['extra_bytes'] / 1e6:.3f} MB over int8; "
+                     f"{cost['macs_fraction']:.0%} of the MACs not in int8 kernels)"))
+    kept = [h for h in q.get("qad_history", []) if h.get("kept")]
+    if kept:
+        rows.append(("QAD kept", f"epoch {kept[-1]['epoch']} of {len(q['qad_history']) - 1} "
+                                 f"({'PTQ' if kept[-1]['epoch'] == 0 else kept[-1]['why']})"))
+    return rows
+
+
 def _prune_rows(p: dict[str, Any]) -> list[tuple[str, str]]:
     if not p:
         return []
@@ -222,8 +240,9 @@ def markdown(report: dict[str, Any]) -> str:
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
         lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",
-                  "| layer | op | relative output error | metric vs teacher |", "|---|---|---|---|"]
-        lines += [f"| {r['layer']} | {r['op']} | {r['output_error']:.3e} | {r['metric_vs_teacher']:.4f} |" for r in q["sensitivity"]]
+                  "| layer | op | divergence | relative output error | metric vs teacher |", "|---|---|---|---|---|"]
+        lines += [f"| {r['layer']} | {r['op']} | {r.get('divergence', r['output_error']):.3e} | {r['output_error']:.3e} "
+                  f"| {r['metric_vs_teacher']:.4f} |" for r in q["sensitivity"]]
         if q.get("kept_float"):
             lines.append(f"\nKept in {q['keep_float_dtype']}: {', '.join(q['kept_float'])}")
         if q.get("float_ops"):

@@ -299,3 +299,162 @@ def test_target_accuracy_budget_is_the_pass_default_and_checked(tmp_path):
     profile = _profile(tmp_path, "x86-cpu", **{"accuracy_budget = 0.01": "accuracy_budget = 2"})
     with pytest.raises(CompressError, match="quantization.accuracy_budget' must be a number in"):
         QuantScheme.from_target(load_target(str(profile)))
+
+
+def _two_bit_x86(tmp_path: Path) -> Path:
+    """x86-cpu with 2-bit weights and activations: every layer alone loses predictions."""
+    uint8 = 'activations = { dtype = "uint8", symmetric = false, granularity = "per_tensor" }'
+    return _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 2", uint8: uint8.replace(" }", ", bits = 2 }")})
+
+
+@pytest.fixture(scope="module")
+def linear_digits(tmp_path_factory) -> Path:
+    """A one-layer digit classifier (a Linear over the pixels), trained for seconds: with one
+    quantizable layer, a budget its int8 version misses is met only by keeping it float."""
+    from compressor.datasets.mnist import load_mnist_split
+
+    torch.manual_seed(0)
+    x, y, _, _ = load_mnist_split(seed=0)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(2):
+        for i in torch.randperm(len(x)).split(128):
+            loss = torch.nn.functional.cross_entropy(net(x[i]), y[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("linear") / "linear.pt2"
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.export.save(torch.export.export(net.eval(), (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},)), path)
+    return path
+
+
+def test_an_accuracy_budget_only_all_float_meets_fails_with_exit_3_and_the_table(linear_digits, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(VerificationError, match="accuracy budget 0.001 not met") as failure:
+        compress(linear_digits, target=str(_two_bit_x86(tmp_path)), calib="mnist", out=out,
+                 config=_config(tmp_path, "epochs = 0\naccuracy_budget = 0.001"))
+    assert failure.value.exit_code == 3
+    quant = json.loads((out / "report.json").read_text())["passes"][0]
+    assert quant["status"] == "failed" and not quant["metrics"]["accuracy_budget_met"]
+    assert len(quant["metrics"]["sensitivity"]) == quant["metrics"]["quantized_layers"]
+    assert "## Quantization sensitivity" in (out / "report.md").read_text()
+    assert not (out / "model.onnx").exists()
+
+
+def test_an_unmet_budget_that_asked_for_a_float_engine_says_so_and_is_not_called_int8(linear_digits, tmp_path):
+    from compressor.report import summary_table
+
+    out = tmp_path / "run"
+    result = compress(linear_digits, target=str(_two_bit_x86(tmp_path)), calib="mnist", out=out,
+                      config=_config(tmp_path, 'epochs = 0\naccuracy_budget = 0.001\nunmet_budget = "keep-float"'))
+    quant = result.report["passes"][0]["metrics"]
+    verify = next(p for p in result.report["passes"] if p["name"] == "verify")["metrics"]
+    assert quant["int8_layers"] == 0 and len(quant["kept_float"]) == quant["quantized_layers"]
+    assert verify["precision"] == "fp32"
+    summary = summary_table(result.report)
+    assert "0 layers int8" in summary and "NOT met" in summary and "100% of the weights" in summary, summary
+    model = onnx.load(str(out / "model.onnx"))
+    assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+
+def _weights_only_quantized(model, target: str = "x86-cpu", **replace: str):
+    """`model` in graph form with BN folded and Q/DQ placed, only the weights quantized."""
+    from compressor.quantize.fakequant import OFF
+
+    gm, _ = to_graph_module(model.eval(), SPEC)
+    fold_batchnorm(gm)
+    scheme = QuantScheme.from_target(load_target(target))
+    if replace:
+        from dataclasses import replace as with_fields
+        scheme = with_fields(scheme, weights=with_fields(scheme.weights, **replace))
+    placed = insert_fake_quants(gm, scheme)
+    for name, m in fake_quants(gm):
+        if name.startswith("aq_"):
+            m.state = OFF
+    return gm, placed
+
+
+def test_bias_correction_removes_the_mean_shift_that_weight_rounding_adds():
+    from compressor.quantize.bias_correction import apply_shifts, expected_shifts
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(6, 6, 3, padding=1, groups=6))  # depthwise: 9 weights a channel
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28)
+    gm, placed = _weights_only_quantized(model, bits=3)
+    float_out = model(x).detach()
+
+    def channel_shift():  # the last conv's mean output shift per channel, all weights quantized
+        return (gm(x).detach() - float_out).mean(dim=(0, 2, 3))
+
+    before = channel_shift()
+    shifts = expected_shifts(gm, placed.layers, (x,), 16)
+    assert set(shifts) == {layer.node for layer in placed.layers if layer.kind == "conv"}
+    apply_shifts(gm, shifts)
+    # the first conv's correction changes the last one's input, so the last one's mean is not
+    # exactly zero: but what remains is a fraction of what rounding added
+    after = channel_shift()
+    assert after.abs().max() < 0.25 * before.abs().max(), (before, after)
+    apply_shifts(gm, shifts, sign=1.0)  # undone exactly
+    torch.testing.assert_close(channel_shift(), before, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_correction_in_the_pass_is_kept_only_where_the_validation_slice_prefers_it(trained_res, tmp_path):
+    profile = _profile(tmp_path, "x86-cpu", **{"bits = 7": "bits = 4"})
+    config = tmp_path / "pipeline.toml"
+    config.write_text('passes = ["quantize"]\n[quantize]\nepochs = 0\naccuracy_budget = 0.0\n')
+    result = compress(trained_res, target=str(profile), calib="mnist", out=tmp_path / "run", config=config)
+    correction = result.report["passes"][0]["metrics"]["bias_correction"]
+    assert correction["layers"] == 4  # every Conv and the Linear
+    after, before = correction["after"], correction["before"]
+    if correction["applied"]:
+        assert after["val_divergence"] < before["val_divergence"] or after["val_metric"] > before["val_metric"]
+    else:
+        assert after["val_divergence"] >= before["val_divergence"] or after["val_metric"] < before["val_metric"]
+
+
+@pytest.mark.parametrize("target", ["x86-cpu", "npu", "riscv", "jetson"])
+def test_relu6_outputs_take_their_known_range_where_the_scheme_is_asymmetric(target):
+    from compressor.progress import Progress
+    from compressor.quantize.calibrate import calibrate, known_ranges
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU6(), torch.nn.Conv2d(4, 4, 3))
+    gm, _ = to_graph_module(model.eval(), SPEC)
+    insert_fake_quants(gm, QuantScheme.from_target(load_target(target)))
+    if target == "jetson":  # symmetric int8: [0, 6] would waste half the codes; the observers decide
+        assert known_ranges(gm) == {}
+        return
+    assert list(known_ranges(gm).values()) == [(0.0, 6.0)]
+    x = torch.rand(32, 1, 28, 28)
+    _, small, _ = calibrate(gm, (x * 0.1,), "minmax", 16, Progress(quiet=True))  # never reaches 6
+    _, large, _ = calibrate(gm, (x * 100,), "percentile", 16, Progress(quiet=True))  # saturates at 6
+    small, large = ([r for name, r in ranges.items() if "hardtanh" in name] for ranges in (small, large))
+    assert small[0][0] == 0.0 and 0 < small[0][1] < 6, small  # the finer step of what was seen
+    assert large == [(0.0, 6.0)], large
+
+
+def test_bias_correction_of_linears_over_token_sequences_is_per_output_feature():
+    # an encoder's Linear reads (batch, tokens, features): its channel is the last dimension, and a
+    # Linear without a bias gets one
+    from compressor.quantize.bias_correction import apply_shifts, expected_shifts
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 12), torch.nn.Linear(12, 4, bias=False)
+
+        def forward(self, x):
+            return self.b(self.a(x).relu())
+
+    torch.manual_seed(0)
+    spec = InputSpec((TensorSpec("x", ("batch", 8, 16)),))
+    gm, _ = to_graph_module(Tokens().eval(), spec)
+    placed = insert_fake_quants(gm, QuantScheme.from_target(load_target("riscv")))
+    x = torch.randn(32, 8, 16)
+    shifts = expected_shifts(gm, placed.layers, (x,), 8)
+    assert {k: tuple(v.shape) for k, v in shifts.items()} == {"linear": (12,), "linear_1": (4,)}
+    before = gm(x).detach()
+    apply_shifts(gm, shifts)
+    assert not torch.equal(gm(x).detach(), before)

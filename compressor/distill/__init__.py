@@ -10,14 +10,14 @@ quantization-aware distillation (quantize), structured pruning, the distill pass
     loop     the training loop: epochs, early stopping on the validation score, progress, history
 """
 from .config import DistillConfig
-from .fidelity import Fidelity, batched_outputs, fidelity_scorer, held_out_scorer, output_error
+from .fidelity import Fidelity, batched_outputs, best_of, divergence, fidelity_scorer, held_out_scorer, output_error, prefer
 from .losses import (feature_loss, logit_kl, matched_layer_loss, normalised_mse, prediction_loss, relation_loss,
                      self_attention_relation_loss)
 from .loop import train
 from .split import TrainingData, split_validation, training_split
 from .taps import HookTaps, Tap, tap_last_weighted_input, tapped_features
 
-__all__ = ["DistillConfig", "Fidelity", "HookTaps", "Tap", "TrainingData", "batched_outputs", "feature_loss",
+__all__ = ["DistillConfig", "Fidelity", "HookTaps", "Tap", "TrainingData", "batched_outputs", "best_of", "divergence", "feature_loss",
            "fidelity_scorer", "held_out_scorer", "logit_kl", "matched_layer_loss", "normalised_mse", "output_error",
-           "prediction_loss", "relation_loss", "self_attention_relation_loss", "split_validation",
+           "prediction_loss", "prefer", "relation_loss", "self_attention_relation_loss", "split_validation",
            "tap_last_weighted_input", "tapped_features", "train", "training_split"]

@@ -56,7 +56,8 @@ class DistillPass(Pass):
         student, static = to_graph_module(artifact.module, spec)
         without_inplace_ops(student)
         teacher_train = batched_outputs(teacher, data.train, cfg.batch)
-        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
+        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch,
+                                spec.task, cfg.temperature)
 
         tap = feats = None
         if cfg.feature_weight > 0:

@@ -1,5 +1,7 @@
 """The distillation training loop: epochs over shuffled batches, Adam with a cosine schedule,
-the best state by validation score kept (early stopping with patience), progress, a history,
+the best state by validation fidelity kept (early stopping with patience; the rule is
+compressor.distill.fidelity's `prefer`: lower divergence to the teacher, the task metric a guard
+against more than sampling noise), progress, a history that says which epoch was kept and why,
 and an optional checkpoint after each epoch that a later run resumes from.
 
 The loss is the caller's: `loss(indices) -> scalar tensor` runs the student on those training
@@ -20,7 +22,7 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..progress import Progress
-from .fidelity import Fidelity
+from .fidelity import Fidelity, prefer
 
 
 def _default_groups(student: nn.Module, lr: float) -> list[dict]:
@@ -44,7 +46,7 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
     if state is None:
         first = score(student)
         state = {"epoch": 0, "best": first, "best_state": copy.deepcopy(student.state_dict()), "stale": 0,
-                 "history": [{"epoch": 0, **first.as_dict()}]}
+                 "history": [{"epoch": 0, **first.as_dict(), "kept": True, "why": "the starting point"}]}
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         if state["stale"] >= max(cfg.patience, 1):
             break
@@ -61,10 +63,11 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
                 after_step()
             total += float(value.detach()) * len(idx)
         result = score(student)
-        state["history"].append({"epoch": epoch, "loss": total / samples, **result.as_dict()})
+        better, why = prefer(result, state["best"])
+        state["history"].append({"epoch": epoch, "loss": total / samples, **result.as_dict(), "kept": better, "why": why})
         progress.log(f"  {label} epoch {epoch}: loss {total / samples:.4f}, validation metric {result.metric:.4f}, "
-                     f"output error {result.error:.2e}")
-        if result > state["best"]:
+                     f"divergence {result.divergence:.3g}: {'kept' if better else 'not kept'} ({why})")
+        if better:
             state.update(best=result, best_state=copy.deepcopy(student.state_dict()), stale=0)
         else:
             state["stale"] += 1
@@ -76,7 +79,7 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
 
 def _save(path: Path | None, state: dict, student, optimizer, schedule, gen) -> None:
     if path is not None:
-        save_checkpoint(path, {**state, "best": state["best"].key(), "model": student.state_dict(),
+        save_checkpoint(path, {**state, "best": state["best"].state(), "model": student.state_dict(),
                                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                                "generator": gen.get_state()})
 
@@ -90,6 +93,5 @@ def _resume(path: Path | None, student, optimizer, schedule, gen) -> dict | None
     optimizer.load_state_dict(saved["optimizer"])
     schedule.load_state_dict(saved["schedule"])
     gen.set_state(saved["generator"])
-    metric, neg_error = saved["best"]
-    return {"epoch": saved["epoch"], "best": Fidelity(metric, -neg_error), "best_state": saved["best_state"],
+    return {"epoch": saved["epoch"], "best": Fidelity(**saved["best"]), "best_state": saved["best_state"],
             "stale": saved["stale"], "history": saved["history"]}

@@ -153,7 +153,8 @@ class PrunePass(Pass):
 
         teacher = ctx.reference.module
         metric_name, evaluate = get_evaluator(None, spec.task)
-        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch)
+        score = fidelity_scorer(data.val, batched_outputs(teacher, data.val, cfg.batch), evaluate, cfg.batch,
+                                spec.task, cfg.temperature)
         model = structure.model
         model.eval()  # dropout off, nothing left in BatchNorm to update: distillation from a converged teacher
         distillation = BatchDistillation(teacher, data, spec, cfg, getattr(structure, "layer_paths", None))

@@ -48,5 +48,5 @@ def quantization_aware_distill(student: fx.GraphModule, teacher_out: torch.Tenso
                 scale.clamp_(min=MIN_SCALE)
 
     return train(student, inputs[0].shape[0], loss, score, cfg, progress, label="QAD",
-                 param_groups=[{"params": weights, "lr": cfg.lr}, {"params": scales, "lr": cfg.lr}],
+                 param_groups=[{"params": weights, "lr": cfg.lr}, {"params": scales, "lr": cfg.lr * cfg.scale_lr_factor}],
                  after_step=keep_scales_positive)

@@ -1,0 +1,1 @@
+"""MobileNetV2-style MNIST sample teacher (see README.md)."""
