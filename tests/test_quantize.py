@@ -458,3 +458,41 @@ def test_bias_correction_of_linears_over_token_sequences_is_per_output_feature()
     before = gm(x).detach()
     apply_shifts(gm, shifts)
     assert not torch.equal(gm(x).detach(), before)
+
+
+def test_quantize_answers_for_its_own_loss_after_an_earlier_pass(trained_res, tmp_path):
+    """A student that an earlier pass moved away from the teacher (here: its classifier weights
+    perturbed, like a pruned or searched student before a good fine-tune) is quantized against
+    itself: the accuracy budget and the collapse guard measure what quantizing loses, not the
+    student's own distance to the teacher (which used to fail every such run with 'collapsed' or
+    an unmet budget). The final verify still measures the engine against the teacher."""
+    from compressor.artifacts import Artifact
+    from compressor.passes import PASSES, Pass, PassResult, register
+
+    @register
+    class Perturb(Pass):
+        name = "test-perturb"
+        takes = ("module",)
+        returns = "module"
+
+        def run(self, artifact, ctx, workdir):
+            module, _ = to_graph_module(artifact.module, artifact.spec)  # a private, picklable copy
+            torch.manual_seed(0)
+            with torch.no_grad():
+                last = [p for n, p in module.named_parameters() if p.ndim == 2][-1]
+                last.add_(torch.randn_like(last) * last.std() * 1.5)
+            return PassResult(Artifact("module", artifact.spec, artifact.fingerprint, module=module,
+                                       meta=dict(artifact.meta)), {})
+
+    try:
+        config = _config(tmp_path, "epochs = 0", passes='"test-perturb", "quantize", "export", "verify"')
+        with pytest.raises(VerificationError, match="top1 drop"):  # the engine is far from the teacher
+            compress(trained_res, calib="mnist", out=tmp_path / "run", config=config)
+    finally:
+        PASSES.pop("test-perturb", None)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [p["status"] for p in report["passes"]][:3] == ["ran", "ran", "ran"]
+    quant = report["passes"][1]["metrics"]
+    assert quant["input_metric"] < quant["teacher_metric"] - 0.05  # far from the teacher before quantizing
+    assert quant["accuracy_budget_met"] and quant["int8_layers"] == quant["quantized_layers"] - len(quant["kept_float"])
+    assert abs(quant["input_metric"] - quant["qad_metric"]) < 0.05

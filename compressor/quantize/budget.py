@@ -1,7 +1,8 @@
 """Which layers stay in the target's higher precision: `keep_float` most sensitive ones, then, under
 an accuracy budget, more (most sensitive first, by the sensitivity table's divergence) until the
 quantized model's top-1 agreement with the teacher (task metric against the teacher's outputs, not
-labels) on the validation slice is within the budget.
+labels) on the validation slice has lost at most the budget from the float model the pass was given
+(a pruned student's own distance to the teacher is not quantization's to make up).
 
 A budget that only keeping every layer in float meets is not met: an "int8" engine without one
 integer layer is the float model under another name. The pass then fails (exit 3, the sensitivity
@@ -34,7 +35,9 @@ class KeptLayers:
 
 
 def keep_float(student: nn.Module, layers: list[Layer], table: list[dict], keep: int, budget: float,
-               score: Callable[[nn.Module], Fidelity], teacher_val_metric: float, progress: Progress) -> KeptLayers:
+               score: Callable[[nn.Module], Fidelity], float_val_metric: float, progress: Progress) -> KeptLayers:
+    """`float_val_metric`: the validation metric of the float model the pass was given; the budget is
+    what quantizing may lose from it."""
     everything = {layer.node for layer in layers}
     count, drop = min(keep, len(table)), None
     while True:
@@ -44,7 +47,7 @@ def keep_float(student: nn.Module, layers: list[Layer], table: list[dict], keep:
             return KeptLayers(kept, True, None)
         if count == len(table):  # `drop`: with all but one kept, the last that had an int8 layer
             return KeptLayers(kept, False, drop)
-        drop = teacher_val_metric - score(student).metric
+        drop = float_val_metric - score(student).metric
         if drop <= budget:
             progress.log(f"  accuracy budget {budget}: validation drop {drop:.4f} "
                          f"with {count} layer(s) kept in higher precision")

@@ -81,22 +81,26 @@ class QuantizePass(Pass):
         observer = cfg.observer or scheme.observer
         metric_name, evaluate = get_evaluator(None, spec.task)
 
-        student, static = to_graph_module(artifact.module, spec)
-        folded = fold_batchnorm(student)
-        placed = insert_fake_quants(student, scheme)
-        if not placed.layers:
-            raise CompressError("the model has no op this target can quantize (Conv, Linear, MatMul, Add)")
         teacher = ctx.reference.module
-
         split = split_validation(data.calib, data.calib_labels, cfg.val_fraction, cfg.seed)
         train, val, labels, n_val = split.train, split.val, split.labels, split.val[0].shape[0]
         teacher_train = batched_outputs(teacher, train, cfg.batch)
         teacher_val = batched_outputs(teacher, val, cfg.batch)
         teacher_metric, held_out_metric = held_out_scorer(data, teacher, evaluate, cfg.batch)
+        validation_score = fidelity_scorer(val, teacher_val, evaluate, cfg.batch, spec.task, cfg.temperature)
 
+        student, static = to_graph_module(artifact.module, spec)
+        # The pass answers for what quantizing loses: the accuracy budget and the collapse guard start
+        # from the float model it was given. A pruned or searched student arrives with its own
+        # distance to the teacher, which the prune/search report and the final verify account for.
+        float_val_metric = validation_score(student).metric
+        input_metric = held_out_metric(student)
+        folded = fold_batchnorm(student)
+        placed = insert_fake_quants(student, scheme)
+        if not placed.layers:
+            raise CompressError("the model has no op this target can quantize (Conv, Linear, MatMul, Add)")
         ctx.progress.log(f"  {len(placed.layers)} layers quantized ({scheme.name}), {folded} BatchNorm folded, "
                          f"{len(placed.float_ops)} ops stay float; observer {observer}")
-        validation_score = fidelity_scorer(val, teacher_val, evaluate, cfg.batch, spec.task, cfg.temperature)
 
         observer, ranges, trials = calibrate(student, train, observer, cfg.batch, ctx.progress, validation_score)
         if trials:
@@ -106,8 +110,8 @@ class QuantizePass(Pass):
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress, spec.task, cfg.temperature)
         budget = scheme.accuracy_budget if cfg.accuracy_budget is None else cfg.accuracy_budget
-        kept = keep_float(student, placed.layers, table, cfg.keep_float, budget, validation_score,
-                          evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"], ctx.progress)
+        kept = keep_float(student, placed.layers, table, cfg.keep_float, budget, validation_score, float_val_metric,
+                          ctx.progress)
         metrics = {
             "scheme": scheme.name, "observer": observer, "native_kernels": native.backend(),
             "bn_folded": folded, "quantized_layers": len(placed.layers), "float_ops": placed.float_ops,
@@ -115,7 +119,7 @@ class QuantizePass(Pass):
             "kept_float_cost": float_cost(student, placed.layers, kept.layers), "accuracy_budget": budget,
             "accuracy_budget_met": kept.budget_met, "budget_drop": kept.drop,
             "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,
-            "teacher_metric": teacher_metric, "sensitivity": table, "calibration_samples": train[0].shape[0],
+            "teacher_metric": teacher_metric, "input_metric": input_metric, "sensitivity": table, "calibration_samples": train[0].shape[0],
             "validation_samples": n_val, "activation_ranges": ranges,
             "observer_trials": {k: v.as_dict() for k, v in trials.items()},
         }
@@ -136,9 +140,10 @@ class QuantizePass(Pass):
         qad_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: QAD {qad_metric:.4f}")
         metrics.update(ptq_metric=ptq_metric, qad_metric=qad_metric, qad_history=history)
-        if teacher_metric - qad_metric > cfg.collapse_drop:
+        if input_metric - qad_metric > cfg.collapse_drop:
+            given = "teacher" if artifact.module is teacher else "float input"
             raise _failed(VerificationError(
-                f"quantized {metric_name} collapsed: teacher {teacher_metric:.4f}, QAD {qad_metric:.4f} "
+                f"quantized {metric_name} collapsed: {given} {input_metric:.4f}, QAD {qad_metric:.4f} "
                 f"(drop > {cfg.collapse_drop}); see the sensitivity table in the report, try --keep-float N"), metrics)
         for _, fq in fake_quants(student):
             fq.observer = None
