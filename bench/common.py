@@ -64,20 +64,23 @@ def build_fp32(teacher, path: Path) -> dict:
     return {"how": f"compressor.export.onnx_export.export_onnx ({exporter} exporter)"}
 
 
-def run_ours(model: Path, target: str, recipe: str, epochs: int | None, work: Path, resume: bool = False):
-    """compressor.compress with the target's default passes (or `epochs` of QAD): the result,
-    each pass's metrics by name, and the details every benchmark records."""
-    config = None
-    if epochs is not None:
+def run_ours(model: Path, target: str, recipe: str, epochs: int | None, work: Path, resume: bool = False,
+             passes: list[str] | None = None):
+    """compressor.compress with the target's default passes (or `passes`; `epochs` of QAD): the
+    result, each pass's metrics by name, and the details every benchmark records."""
+    config, asked = None, list(passes or [])
+    if epochs is not None or passes:
         config = work / "ours-pipeline.toml"
-        config.write_text(f"[quantize]\nepochs = {epochs}\n")
+        config.write_text((f"passes = {list(passes)!r}\n".replace("'", '"') if passes else "")
+                          + (f"[quantize]\nepochs = {epochs}\n" if epochs is not None else ""))
     started = time.time()
     result = compress(model, target=target, calib=recipe, out=work / "ours", quiet=True, config=config,
                       resume=resume, force=not resume)
     passes = {p["name"]: p.get("metrics", {}) for p in result.report["passes"]}
     details = {
         "how": f"compressor.compress(model, target='{target}', calib='{recipe}')"
-               + (f" with [quantize] epochs = {epochs}" if epochs is not None else " (default quantize settings)"),
+               + (f" with [quantize] epochs = {epochs}" if epochs is not None else " (default quantize settings)")
+               + (f", passes {', '.join(asked)}" if asked else ""),
         "seconds": round(time.time() - started, 1),
         "passes": [{"name": p["name"], "status": p.get("status"), "seconds": round(p.get("seconds") or 0, 1)}
                    for p in result.report["passes"]],

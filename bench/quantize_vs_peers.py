@@ -1,6 +1,14 @@
-"""Our QAD int8 engine vs FP32 and two PTQ peers, on the bundled MNIST teacher, x86-cpu scheme.
+"""Our QAD int8 engine vs FP32 and two PTQ peers, on a bundled MNIST teacher, in a target's scheme.
 
-    python bench/quantize_vs_peers.py [--epochs N] [--runs 500] [--skip-nncf] [--out bench/results/quantize_vs_peers.json]
+    python bench/quantize_vs_peers.py [--sample mnist|mnist_mobilenet] [--target x86-cpu|jetson|npu|riscv]
+        [--epochs N] [--runs 500] [--skip-nncf] [--out bench/results/quantize_vs_peers.json]
+
+--sample picks the teacher (samples/mnist: a ResNet; samples/mnist_mobilenet: MobileNetV2-style,
+depthwise convs, ReLU6, inverted residuals). --target picks our scheme; for every target but
+x86-cpu our row is the exported QDQ model (passes quantize, export) run by onnxruntime on this CPU
+(the device engines are built on the device; the QDQ file holds their arithmetic), the peers are
+configured to the scheme's activation format (TensorRT: int8 symmetric; others: uint8), and
+--runs 0 leaves the timing out (accuracy only).
 
 Rows (all ONNX files, all run by onnxruntime on the CPU):
   * FP32: the teacher exported with compressor.export.onnx_export.export_onnx.
@@ -52,9 +60,15 @@ from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.model_io import load_model  # noqa: E402
 
-TEACHER = ROOT / "samples" / "mnist" / "teacher.pt2"
+SAMPLES = {  # the teacher, and its eager class (NNCF quantizes the eager module with the same weights)
+    "mnist": (ROOT / "samples" / "mnist" / "teacher.pt2", "samples.mnist.model", "MnistResNet"),
+    "mnist_mobilenet": (ROOT / "samples" / "mnist_mobilenet" / "teacher.pt2", "samples.mnist_mobilenet.model",
+                        "MnistMobileNet"),
+}
+TEACHER, _, _ = SAMPLES["mnist"]
 TARGET = "x86-cpu"
 RECIPE = "mnist"
+EAGER = ("samples.mnist.model", "MnistResNet")
 NOTES = [
     "NNCF: the torch.export module (an FX GraphModule) is routed to NNCF's FX backend, which needs torchao "
     "(not installed); the eager samples.mnist.model.MnistResNet loaded with the program's state_dict is used instead.",
@@ -76,13 +90,15 @@ CRITERIA_MAX_LATENCY_RATIO = 0.5
 # --- the variants ------------------------------------------------------------------------------
 
 def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
-    result, passes, details = run_ours(TEACHER, TARGET, RECIPE, epochs, work)
+    only = None if TARGET == "x86-cpu" else ["quantize", "export"]
+    result, passes, details = run_ours(TEACHER, TARGET, RECIPE, epochs, work, passes=only)
     q, e, v = passes.get("quantize", {}), passes.get("export", {}), passes.get("verify", {})
     details.update({
         "observer": q.get("observer"), "native_kernels": q.get("native_kernels"),
         "quantized_layers": q.get("quantized_layers"), "bn_folded": q.get("bn_folded"),
         "pytorch_top1": {"teacher": q.get("teacher_metric"), "ptq": q.get("ptq_metric"), "qad": q.get("qad_metric")},
-        "qad_history": q.get("qad_history"),
+        "qad_history": q.get("qad_history"), "bias_correction": q.get("bias_correction"),
+        "kept_float": q.get("kept_float"), "observer_trials": q.get("observer_trials"),
         "export": {k: e.get(k) for k in ("int8_weights", "int32_biases", "qdq_pairs", "exporter")},
         "verify": {"engine_top1": (v.get("engine_metric") or {}).get("metric"),
                    "top1_agreement_with_fake_quant_module": (v.get("parity") or {}).get("top1_agreement"),
@@ -90,18 +106,20 @@ def build_ours(epochs: int | None, work: Path) -> tuple[Path, dict]:
     })
     history = details["qad_history"] or []
     if history:
-        best = max(history, key=lambda h: (h["val_metric"], -h["val_output_error"]))
-        details["qad_kept_epoch"] = best["epoch"]  # distill() restores the best validation state
-        errors = ", ".join(f"{h['val_output_error']:.2e}" for h in history)
+        best = [h for h in history if h.get("kept")][-1]  # the training loop ends in the last kept state
+        details["qad_kept_epoch"] = best["epoch"]
+        details["qad_kept_why"] = best["why"]
+        steps = "; ".join(f"epoch {h['epoch']}: metric {h['val_metric']:.4f}, KL {h['val_divergence']:.3g}, "
+                          f"{'kept' if h['kept'] else 'not kept'} ({h['why']})" for h in history)
         log(f"[ours] PyTorch top-1: teacher {q.get('teacher_metric')}, PTQ {q.get('ptq_metric')}, QAD {q.get('qad_metric')}; "
-            f"QAD ran {len(history) - 1} epoch(s), kept epoch {best['epoch']} (0 = the PTQ state); validation output "
-            f"error by epoch: {errors}")
+            f"kept epoch {best['epoch']} (0 = the PTQ state); {steps}")
     path = work / "ours.onnx"
     shutil.copyfile(result.engine, path)
     return path, details
 
 
-def build_ort_static(fp32: Path, path: Path, calib: np.ndarray, reduce_range: bool, work: Path) -> dict:
+def build_ort_static(fp32: Path, path: Path, calib: np.ndarray, reduce_range: bool, work: Path,
+                     symmetric_int8: bool = False) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -125,10 +143,13 @@ def build_ort_static(fp32: Path, path: Path, calib: np.ndarray, reduce_range: bo
         quant_pre_process(str(fp32), str(pre))
     name = onnx.load(str(pre)).graph.input[0].name
     reader = Reader(name, calib)
+    activations = QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8
     quantize_static(str(pre), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    reduce_range=reduce_range, activation_type=activations, weight_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": symmetric_int8})
     return {"how": "onnxruntime.quantization.quant_pre_process + quantize_static(QDQ, per_channel=True, "
-                   f"activation QUInt8, weight QInt8, MinMax, reduce_range={reduce_range})",
+                   f"activation {activations.name}{' symmetric' if symmetric_int8 else ''}, weight QInt8, MinMax, "
+                   f"reduce_range={reduce_range})",
             "calibration_samples": int(len(calib))}
 
 
@@ -152,12 +173,12 @@ def build_nncf(calib: torch.Tensor, check: torch.Tensor, teacher, path: Path, fo
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
     import nncf
     from nncf.torch.quantization.layers import BaseQuantizer, QuantizerExportMode
-    from samples.mnist.model import MnistResNet
+    import importlib
 
     # The exported program's module is an FX GraphModule, which nncf.quantize sends to its FX
     # backend, and that needs torchao (not installed). The eager model takes the same weights.
     program = torch.export.load(str(TEACHER))
-    model = MnistResNet()
+    model = getattr(importlib.import_module(EAGER[0]), EAGER[1])()
     model.load_state_dict(program.state_dict)
     model.eval()
     with torch.no_grad():
@@ -174,12 +195,27 @@ def build_nncf(calib: torch.Tensor, check: torch.Tensor, teacher, path: Path, fo
         warnings.simplefilter("ignore")  # legacy-exporter deprecation and tracer warnings
         torch.onnx.export(quantized, (calib[:2],), str(path), dynamo=False, opset_version=18, input_names=["x"],
                           output_names=["output"], dynamic_axes={"x": {0: "batch"}, "output": {0: "batch"}})
-    return {"how": "nncf.quantize(MnistResNet with the teacher's weights, nncf.Dataset(calibration digits, batch 1), "
+    return {"how": f"nncf.quantize({EAGER[1]} with the teacher's weights, nncf.Dataset(calibration digits, batch 1), "
                    "default settings); quantizers set_export_mode(ONNX_QUANTIZE_DEQUANTIZE_PAIRS); "
                    "torch.onnx.export(dynamo=False, opset 18)"
                    + (f"; {folded} BatchNorm folded into the convs before quantizing" if fold_bn else ""),
             "nncf_version": nncf.__version__, "seconds": round(seconds, 1), "quantizers": len(quantizers),
             "bn_folded": folded, "eager_rebuild_max_abs_diff": rebuild_diff}
+
+
+def cached(kept: Path, path: Path, build) -> tuple[Path, dict]:
+    """`build(path)`, or the file and details an earlier run kept at `kept` (the same teacher and data)."""
+    import json
+
+    notes = kept.with_suffix(".json")
+    if kept.exists() and notes.exists():
+        shutil.copyfile(kept, path)
+        return path, {**json.loads(notes.read_text()), "reused_from": str(kept)}
+    details = build(path)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, kept)
+    notes.write_text(json.dumps(details, default=str))
+    return path, details
 
 
 # --- measurements ------------------------------------------------------------------------------
@@ -195,8 +231,8 @@ def table(rows: list[dict]) -> str:
     return markdown_table(head, rows, lambda r: [
         f"{100 * r['top1']:.1f}% ({r['correct']})", f"{100 * r['top1_delta']:+.1f}", f"{100 * r['agreement_fp32']:.1f}%",
         fmt_size(r["bytes"]), f"{r['size_ratio']:.2f}x", r["weights_stored"], str(r["graph"]["integer_kernels"]),
-        str(r["graph"]["float_compute"]), f"{r['latency']['median_ms']:.2f}", f"{r['latency']['p90_ms']:.2f}",
-        f"{r['latency']['ratio']:.2f}x"])
+        str(r["graph"]["float_compute"]), *((f"{r['latency']['median_ms']:.2f}", f"{r['latency']['p90_ms']:.2f}",
+                                            f"{r['latency']['ratio']:.2f}x") if "latency" in r else ("-", "-", "-"))])
 
 
 def main() -> int:
@@ -205,10 +241,24 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=500, help="timed runs per variant (>= 300)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--skip-nncf", action="store_true", help="leave out the NNCF rows")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quantize_vs_peers.json")
+    ap.add_argument("--sample", choices=sorted(SAMPLES), default="mnist")
+    ap.add_argument("--target", choices=["x86-cpu", "jetson", "npu", "riscv"], default="x86-cpu")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: bench/results/quantize_vs_peers.json (mnist, x86-cpu), else quantize_vs_peers_SAMPLE_TARGET.json")
     ap.add_argument("--keep", type=Path, default=None, help="keep the ONNX files and run folders in this directory")
+    ap.add_argument("--nncf-cache", type=Path, default=None,
+                    help="reuse NNCF's model from this folder across targets (its default settings do not depend on ours)")
     args = ap.parse_args()
-    if args.runs < 300:
+    global TEACHER, TARGET, EAGER
+    TEACHER, TARGET, EAGER = SAMPLES[args.sample][0], args.target, SAMPLES[args.sample][1:]
+    default = (args.sample, args.target) == ("mnist", "x86-cpu")
+    args.out = args.out or ROOT / "bench" / "results" / (
+        "quantize_vs_peers.json" if default else f"quantize_vs_peers_{args.sample}_{args.target}.json")
+    from compressor.quantize.scheme import QuantScheme
+    from compressor.targets import load_target
+    scheme = QuantScheme.from_target(load_target(TARGET))
+    symmetric = scheme.activations.symmetric and scheme.activations.qrange[0] < 0
+    if 0 < args.runs < 300:
         log(f"warning: --runs {args.runs} < 300: medians and p90 will be noisy")
 
     started = time.time()
@@ -231,15 +281,19 @@ def main() -> int:
 
         variants: list[tuple[str, str, object]] = [
             ("fp32", "FP32 (onnxruntime)", lambda p: build_fp32(teacher, p)),
-            ("ours", "Ours: QAD int8 (x86-cpu)", None),
-            ("ort_static", "ORT quantize_static u8/s8", lambda p: build_ort_static(work / "fp32.onnx", p, calib, False, work)),
-            ("ort_static_rr", "ORT quantize_static u8/s8, reduce_range", lambda p: build_ort_static(work / "fp32.onnx", p, calib, True, work)),
+            ("ours", f"Ours: QAD int8 ({TARGET})", None),
+            ("ort_static", f"ORT quantize_static {'s8/s8 symmetric' if symmetric else 'u8/s8'}",
+             lambda p: build_ort_static(work / "fp32.onnx", p, calib, False, work, symmetric)),
         ]
+        if TARGET == "x86-cpu":  # 7-bit weights, as our x86 scheme (onnxruntime's u8s8 kernels)
+            variants.append(("ort_static_rr", "ORT quantize_static u8/s8, reduce_range",
+                             lambda p: build_ort_static(work / "fp32.onnx", p, calib, True, work)))
         if not args.skip_nncf:
-            variants += [
-                ("nncf", "NNCF 3.4 PTQ INT8", lambda p: build_nncf(calib_t, hold_t[:64], teacher, p, fold_bn=False)),
-                ("nncf_bnfold", "NNCF 3.4 PTQ INT8, BN folded first", lambda p: build_nncf(calib_t, hold_t[:64], teacher, p, fold_bn=True)),
-            ]
+            if args.runs:  # unfolded BN only matters for speed (it blocks fusion); the accuracy-only runs skip it
+                variants.append(("nncf", "NNCF 3.4 PTQ INT8",
+                                 lambda p: build_nncf(calib_t, hold_t[:64], teacher, p, fold_bn=False)))
+            variants.append(("nncf_bnfold", "NNCF 3.4 PTQ INT8, BN folded first",
+                             lambda p: build_nncf(calib_t, hold_t[:64], teacher, p, fold_bn=True)))
 
         rows: list[dict] = []
         for key, label, build in variants:
@@ -247,6 +301,8 @@ def main() -> int:
             t0 = time.time()
             if key == "ours":
                 row = build_row(key, label, lambda: build_ours(args.epochs, work))
+            elif key.startswith("nncf") and args.nncf_cache is not None:
+                row = build_row(key, label, lambda: cached(args.nncf_cache / f"{args.sample}_{key}.onnx", work / f"{key}.onnx", build))
             else:
                 row = build_row(key, label, lambda: (work / f"{key}.onnx", build(work / f"{key}.onnx")))
             if key == "fp32" and "error" in row:
@@ -286,10 +342,11 @@ def main() -> int:
 
         x1 = hold[:1]
         calls = {k: (lambda s=s, n=s.get_inputs()[0].name: s.run(None, {n: x1})) for k, s in sessions.items()}
-        time_rows(calls, rows, record, args.runs, args.warmup)
+        if args.runs:
+            time_rows(calls, rows, record, args.runs, args.warmup)
         kernel_floor = None
         built = {r["key"]: Path(r["path"]) for r in rows if r["key"] in ("fp32", "ours") and "error" not in r}
-        if len(built) == 2:
+        if len(built) == 2 and args.runs:
             split = conv_kernel_split(built, runs=args.runs)
             kernel_floor = split["ours"]["conv_ms"] / split["fp32"]["conv_ms"]
             record["conv_kernel_split"] = dict(split, int8_conv_over_fp32_conv=kernel_floor)
@@ -323,14 +380,16 @@ def main() -> int:
                 criteria.append(("QAD int8 top-1 not below NNCF PTQ", None, "NNCF skipped (--skip-nncf)"))
             criteria.append((f"int8 file >= {CRITERIA_MIN_SIZE_RATIO}x smaller than FP32", ours["size_ratio"] >= CRITERIA_MIN_SIZE_RATIO,
                              f"{fmt_size(fp32['bytes'])} / {fmt_size(ours['bytes'])} = {ours['size_ratio']:.2f}x"))
-            criteria.append((f"int8 latency <= {CRITERIA_MAX_LATENCY_RATIO}x FP32 (1 thread, batch 1, median)",
-                             ours["latency"]["ratio"] <= CRITERIA_MAX_LATENCY_RATIO,
-                             f"{ours['latency']['median_ms']:.2f} ms / {fp32['latency']['median_ms']:.2f} ms = "
-                             f"{ours['latency']['ratio']:.2f}x (p90 {ours['latency']['p90_ms']:.2f} / {fp32['latency']['p90_ms']:.2f} ms)"
-                             + (f"; the conv kernels alone: {kernel_floor:.2f}x" if kernel_floor is not None else "")))
+            if args.runs:
+                criteria.append((f"int8 latency <= {CRITERIA_MAX_LATENCY_RATIO}x FP32 (1 thread, batch 1, median)",
+                                 ours["latency"]["ratio"] <= CRITERIA_MAX_LATENCY_RATIO,
+                                 f"{ours['latency']['median_ms']:.2f} ms / {fp32['latency']['median_ms']:.2f} ms = "
+                                 f"{ours['latency']['ratio']:.2f}x (p90 {ours['latency']['p90_ms']:.2f} / "
+                                 f"{fp32['latency']['p90_ms']:.2f} ms)"
+                                 + (f"; the conv kernels alone: {kernel_floor:.2f}x" if kernel_floor is not None else "")))
         criteria_record = log_criteria(criteria)
-        log(f"load average: start {record['loadavg']['start']}, before timing {record['loadavg']['before_latency']}, "
-            f"after timing {record['loadavg']['after_latency']} ({record['cpu']['cores']} cores)")
+        log(f"load average: start {record['loadavg']['start']}, before timing {record['loadavg'].get('before_latency')}, "
+            f"after timing {record['loadavg'].get('after_latency')} ({record['cpu']['cores']} cores)")
 
         record["notes"] = NOTES
         record.update(rows=rows, table_markdown=md, runs=args.runs, warmup=args.warmup,

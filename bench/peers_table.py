@@ -1,0 +1,50 @@
+"""The README's table of `bench/quantize_vs_peers.py` accuracy runs, from the committed results.
+
+    python bench/peers_table.py    # prints the markdown table (both samples x every target)
+
+Reads bench/results/quantize_vs_peers_SAMPLE_TARGET.json; one line per run: held-out top-1 of the
+teacher (FP32 ONNX), ours, onnxruntime quantize_static and NNCF 3.4 PTQ (BN folded first), the QAD
+epoch kept and why, and whether the issue's criteria passed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SAMPLES = ("mnist", "mnist_mobilenet")
+TARGETS = ("x86-cpu", "jetson", "npu", "riscv")
+
+
+def _top1(rows: dict, key: str) -> str:
+    row = rows.get(key)
+    if row is None:
+        return "-"
+    return f"failed: {row['error'][:40]}" if "error" in row else f"{100 * row['top1']:.1f}%"
+
+
+def table() -> str:
+    lines = ["| sample | target | FP32 | ours | ORT quantize_static | NNCF PTQ (BN folded) | QAD kept | criteria |",
+             "|---|---|---|---|---|---|---|---|"]
+    for sample in SAMPLES:
+        for target in TARGETS:
+            path = RESULTS / f"quantize_vs_peers_{sample}_{target}.json"
+            if not path.exists():
+                continue
+            record = json.loads(path.read_text())
+            rows = {r["key"]: r for r in record["rows"]}
+            ours = rows.get("ours", {}).get("details", {})
+            kept = ours.get("qad_kept_epoch")
+            history = ours.get("qad_history") or []
+            why = (ours.get("qad_kept_why", "") if kept else
+                   "PTQ; " + "; ".join(f"epoch {h['epoch']} {h['why'].split(',')[0]}" for h in history[1:]))
+            verdicts = [c["passed"] for c in record["criteria"] if c["passed"] is not None]
+            lines.append(f"| {sample} | {target} | {_top1(rows, 'fp32')} | {_top1(rows, 'ours')} | "
+                         f"{_top1(rows, 'ort_static')} | {_top1(rows, 'nncf_bnfold')} | "
+                         f"{'-' if kept is None else f'epoch {kept} ({why})'} | "
+                         f"{sum(verdicts)}/{len(verdicts)} passed |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
