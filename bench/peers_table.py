@@ -1,6 +1,8 @@
 """The README's table of `bench/quantize_vs_peers.py` accuracy runs, from the committed results.
 
-    python bench/peers_table.py    # prints the markdown table (both samples x every target)
+    python bench/peers_table.py    # prints the markdown table (both samples x every target) and
+                                   # writes it to bench/results/quantize_vs_peers_all.json, the
+                                   # file bench/check_readme.py compares the README's table with
 
 Reads bench/results/quantize_vs_peers_SAMPLE_TARGET.json; one line per run: held-out top-1 of the
 teacher (FP32 ONNX), ours, onnxruntime quantize_static and NNCF 3.4 PTQ (BN folded first), the QAD
@@ -47,4 +49,6 @@ def table() -> str:
 
 
 if __name__ == "__main__":
-    print(table())
+    text = table()
+    (RESULTS / "quantize_vs_peers_all.json").write_text(json.dumps({"table": text}, indent=1) + "\n")
+    print(text)
