@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from compressor import compress
 from compressor.cli import main
-from compressor.errors import CompressError
+from compressor.errors import Interrupted, CompressError
 from compressor.prune.budget import Budget, from_options
 from compressor.prune.cofi import choose_units
 from compressor.prune.hardconcrete import HardConcreteGates
@@ -146,7 +146,7 @@ def test_a_killed_pruning_resumes_from_its_checkpoint(trained_res, tmp_path, mon
     monkeypatch.setattr(prune_pass, "prediction_loss", counting)
     config = _config(tmp_path, "macs_budget = 0.5")
     target = str(_loose_target(tmp_path))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="interrupted during the prune pass"):
         compress(trained_res, target=target, calib="mnist", out=tmp_path / "run", config=config)
     assert list((tmp_path / "run").glob(".01-prune.*.checkpoints/gates.pt"))
     calls.update(n=0, die_at=-1)
