@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import write_atomic
+from .search.report import search_rows, search_section
 
 _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "optimum", "nncf")
 
@@ -54,6 +55,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         what = f", {sizes['engine_bytes_are']}" if sizes.get("engine_bytes_are") else ""
         rows.append(("size", f"{_mb(sizes['model_bytes'])} -> {_mb(sizes['engine_bytes'])} "
                              f"({sizes['model_bytes'] / sizes['engine_bytes']:.2f}x smaller{what})"))
+    rows += search_rows(_pass_metrics(report, "search"))
     rows += _prune_rows(_pass_metrics(report, "prune"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
@@ -180,6 +182,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if v.get("fp32_onnx_baseline_error"):
             lines += ["", f"No FP32 onnxruntime baseline: the teacher did not export ({v['fp32_onnx_baseline_error']})."]
+    lines += search_section(_pass_metrics(report, "search"), next((r for r in report.get("passes", [])
+                                                                   if r["name"] == "search"), {}))
     lines += _prune_section(report)
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
