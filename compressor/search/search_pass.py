@@ -15,6 +15,7 @@ from pathlib import Path
 from ..artifacts import MODULE, Artifact, write_atomic
 from ..capture import to_graph_module
 from ..errors import CompressError
+from ..quantize.graph import fold_batchnorm
 from ..passes import Pass, PassResult, RunContext, register
 from .config import SearchConfig
 from .constraints import Constraints, from_fractions
@@ -26,9 +27,13 @@ from .searchers import family_of, load_searcher
 
 
 def teacher_candidate(teacher, spec, example, family: str) -> Candidate:
-    """The teacher's costs, on the same scale as the candidates' (its aten graph for the peak)."""
-    graph = to_graph_module(teacher, spec)[0] if family == "cnn" else None
-    cost = measure_cost(teacher, example, graph)
+    """The teacher's costs, on the same scale as the candidates' (a CNN's aten graph, BatchNorm
+    folded into the convs as in every derived candidate)."""
+    graph = None
+    if family == "cnn":
+        graph = to_graph_module(teacher, spec)[0]
+        fold_batchnorm(graph)
+    cost = measure_cost(graph if graph is not None else teacher, example, graph)
     per_sample = example[0].shape[0]
     return Candidate({"teacher": True}, 0.0, cost.macs // per_sample, cost.params, None, cost.peak_activation_bytes)
 
