@@ -196,3 +196,38 @@ def test_search_distill_export_verify_end_to_end_and_resume(trained_res, tmp_pat
     again = compress(trained_res, target=target, calib="mnist", out=tmp_path / "run", config=config, resume=True)
     assert [p["status"] for p in again.report["passes"]] == ["cached"] * 4
     assert again.report["passes"][0]["metrics"]["chosen"] == search_metrics["chosen"]
+
+
+def test_the_latency_table_is_rebuilt_for_another_runtime_version_or_target(tmp_path):
+    from compressor.backends import get_backend
+    from compressor.search.latency_table import LatencyTable
+
+    runner = get_backend("onnxruntime").runner
+    path = tmp_path / "table.json"
+    layers = [("conv", 4, 8, 3, 3, 1, 1, 1, 8, 8), ("linear", 16, 10), ("conv", 4, 8, 3, 3, 1, 1, 1, 8, 8)]
+    first = LatencyTable("x86-cpu", "onnxruntime", "onnxruntime 1.0", runner, path)
+    ms = first.lookup(layers)
+    assert first.measured == 2 and all(m > 0 for m in ms) and ms[0] == ms[2] and not first.cached
+    again = LatencyTable("x86-cpu", "onnxruntime", "onnxruntime 1.0", runner, path)
+    assert again.cached and again.lookup(layers) == ms and again.measured == 0  # reused, nothing timed
+    newer = LatencyTable("x86-cpu", "onnxruntime", "onnxruntime 2.0", runner, path)
+    assert not newer.cached and "runtime onnxruntime 1.0" in newer.rebuilt_because
+    newer.lookup(layers)
+    assert newer.measured == 2  # timed again, not taken from the other version's table
+    other = LatencyTable("jetson-orin-nano", "onnxruntime", "onnxruntime 2.0", runner, path)
+    assert not other.cached and "target x86-cpu" in other.rebuilt_because
+
+
+@pytest.mark.slow
+def test_a_latency_budget_searches_with_the_table_and_reports_its_error(trained_res, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "search.toml"
+    config.write_text('passes = ["search"]\n[search]\nlatency_budget = 0.7\npopulation = 4\ngenerations = 1\n'
+                      'score_batch = 16\nlatency_holdout = 2\n')
+    result = compress(trained_res, target="x86-cpu", calib="mnist", out=tmp_path / "run", config=config)
+    m = result.report["passes"][0]["metrics"]
+    table = m["latency_table"]
+    assert table["entries"] > 0 and not table["cached"] and len(table["holdout"]) == 2
+    assert table["holdout_error"]["max"] >= 0 and m["pareto_cost"] == "latency_ms"
+    assert m["chosen"]["latency_ms"] <= m["constraints"]["latency_ms"] == pytest.approx(0.7 * m["teacher"]["latency_ms"])
+    assert "Latency table:" in (tmp_path / "run" / "report.md").read_text()

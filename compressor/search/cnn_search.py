@@ -53,7 +53,7 @@ class CandidateEvaluator:
         module = as_graph(self.space.build(genes))
         cost, shapes = measure_graph(module, self.example)
         candidate = Candidate(self.space.spec(genes), float("-inf"), cost.macs // self.per_sample, cost.params,
-                              self.constraints.latency_of(module, self.example), cost.peak_activation_bytes)
+                              self.constraints.latency_of(module, self.example, shapes), cost.peak_activation_bytes)
         candidate.feasible = self.constraints.feasible(candidate)
         if candidate.feasible:
             similarities = self.scorer(module, shapes)
@@ -87,6 +87,15 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     if static:
         student = StaticBatchAdapter(student, static)
     seconds = time.perf_counter() - started
+    details = {"space": space.description, "rejected_by_constraints": result.rejected, "generations": result.history}
+    model = constraints.latency_model
+    if model is not None and hasattr(model, "holdout_error") and cfg.latency_holdout:
+        progress.log(f"  latency table: timing {cfg.latency_holdout} held-out candidates end to end")
+        others = sorted(scored, key=lambda c: c.macs)
+        picks = [chosen] + [others[round(i * (len(others) - 1) / max(1, cfg.latency_holdout - 1))]
+                            for i in range(cfg.latency_holdout - 1)]
+        modules = {f"candidate {i} ({c.macs / 1e6:.2f}M MACs)": space.build(c.spec["genes"]) for i, c in enumerate(picks)}
+        details.update(model.holdout_error(modules, data.spec, example))
 
     notes = []
     if not scorer.semantic:
@@ -101,6 +110,5 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
                             "random initialisation)" if scorer.semantic else
                             "DisWOT score: -(relation distance to the teacher at random initialisation)",
                             scored, seconds, notes,
-                            details={"space": space.description, "rejected_by_constraints": result.rejected,
-                                     "generations": result.history})
+                            details=details)
     return outcome

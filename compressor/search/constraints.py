@@ -28,8 +28,8 @@ class Constraints:
     # predicts a candidate's latency on the target: .predict(module, example) -> ms (latency_table.py)
     latency_model: Any = field(default=None, compare=False)
 
-    def latency_of(self, module, example) -> float | None:
-        return self.latency_model.predict(module, example) if self.latency_model is not None else None
+    def latency_of(self, module, example, shapes: dict | None = None) -> float | None:
+        return self.latency_model.predict(module, example, shapes) if self.latency_model is not None else None
 
     def limits(self) -> dict[str, float]:
         return {name: getattr(self, name) for name in LIMITS if getattr(self, name) is not None}

@@ -106,6 +106,9 @@ class SearchPass(Pass):
             "notes": outcome.notes, "details": outcome.details, "pareto_cost": cost, **files,
         }
         if table_info:
-            metrics["latency_table"] = table_info
+            table = constraints.latency_model.table
+            metrics["latency_table"] = {**table_info, "entries": len(table.entries), "measured_now": table.measured,
+                                        **{k: outcome.details.pop(k) for k in ("holdout", "holdout_error")
+                                           if k in outcome.details}}
         meta = {**artifact.meta, "searched": True}
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=outcome.student, meta=meta), metrics)
