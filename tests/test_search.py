@@ -145,7 +145,7 @@ def test_diswot_similarities_as_distillation_losses():
     other = torch.randn(8, 4, 5, 5, requires_grad=True)
     loss = semantic_loss(other, head(other.mean(dim=(2, 3))) ** 2, teacher, head(teacher.mean(dim=(2, 3))))
     loss.backward()
-    assert float(loss) > 0 and other.grad is not None and other.grad.abs().sum() > 0
+    assert float(loss.detach()) > 0 and other.grad is not None and other.grad.abs().sum() > 0
     assert float(relation_loss(torch.randn(8, 32), torch.randn(8, 7))) > 0  # widths differ: still comparable
 
 
@@ -231,3 +231,12 @@ def test_a_latency_budget_searches_with_the_table_and_reports_its_error(trained_
     assert table["holdout_error"]["max"] >= 0 and m["pareto_cost"] == "latency_ms"
     assert m["chosen"]["latency_ms"] <= m["constraints"]["latency_ms"] == pytest.approx(0.7 * m["teacher"]["latency_ms"])
     assert "Latency table:" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_cli_search_flag_refuses_a_sparsity_budget(models):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    result = CliRunner().invoke(main, ["run", str(models["pt2"]), "--calib", "mnist", "--search", "--sparsity", "0.5"])
+    assert result.exit_code == 2 and "with --search give --macs-budget or --latency-budget" in result.output
