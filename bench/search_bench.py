@@ -127,7 +127,9 @@ def _student_engine(work: Path, passes: dict, data, record: dict):
     log(f"pipeline stopped ({record.get('pipeline_error')}); the distilled student "
         f"(top-1 {record['distilled_student_top1']:.4f}) compressed on its own for its int8 engine ...")
     try:
-        result = compress(student, target="x86-cpu", calib="mnist", out=work / "student_int8", force=True, quiet=True,
+        done = (work / "student_int8" / "run.json").exists()  # --resume reuses its finished passes
+        result = compress(student, target="x86-cpu", calib="mnist", out=work / "student_int8", force=not done,
+                          resume=done, quiet=True,
                           input_shape=(1, 1, 28, 28), passes=["quantize", "export", "lower", "verify"])
         report = result.report
     except CompressError as e:
@@ -201,10 +203,10 @@ def main() -> None:
                      "diswot": score, "naswot": nw, "top1": accuracy, "distill_seconds": round(seconds, 1),
                      "genes": c["spec"]["genes"]})
         log(f"  top-1 {accuracy:.4f} in {seconds:.0f} s")
-    top1 = [r["top1"] for r in rows]
-    correlation = {"diswot": spearman([r["diswot"] for r in rows], top1),
-                   "macs": spearman([r["macs"] for r in rows], top1),
-                   "naswot": spearman([r["naswot"] for r in rows], top1)}
+    accuracies = [r["top1"] for r in rows]
+    correlation = {"diswot": spearman([r["diswot"] for r in rows], accuracies),
+                   "macs": spearman([r["macs"] for r in rows], accuracies),
+                   "naswot": spearman([r["naswot"] for r in rows], accuracies)}
     record["ranking"] = {"candidates": rows, "spearman_vs_distilled_top1": correlation,
                          "diswot_seconds": round(diswot_seconds, 2), "training_seconds": round(train_seconds, 1),
                          "training_over_diswot": train_seconds / diswot_seconds}
