@@ -10,6 +10,7 @@ import importlib
 
 # pass name -> module whose import registers it
 BUILTIN: dict[str, str] = {
+    "search": "compressor.search.search_pass",
     "distill": "compressor.distill.distill_pass",
     "prune": "compressor.prune.prune_pass",
     "quantize": "compressor.quantize.quantize_pass",

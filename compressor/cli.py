@@ -84,12 +84,15 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--latency-budget", type=float, default=None,
               help="Prune until the FP32 latency on the target's runner is this fraction of the teacher's "
                    "(a MACs budget from a cost model fitted to measured variants), e.g. 0.5.")
+@click.option("--search", "search_student", is_flag=True,
+              help="With --macs-budget / --latency-budget: search a new student architecture (DisWOT, no training) "
+                   "and distill it, instead of pruning: the pipeline becomes search, distill + the target's passes.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
                 input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
-                quiet, as_json, debug):
+                search_student, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -105,12 +108,15 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
         load = LoadOptions(model_class=model_class, model_args=args, allow_pickle=allow_pickle,
                            input_shapes=parse_input_shapes(input_shape) if input_shape else None,
                            input_dtype=input_dtype, task=task)
+        if search_student and sparsity is not None:
+            raise CompressError("--sparsity prunes; with --search give --macs-budget or --latency-budget")
+        budgets = {"macs_budget": macs_budget, "latency_budget": latency_budget}
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                              config=config, resume=resume, force=force, quiet=quiet, load=load,
                              overrides=_overrides(
                                  quantize={"keep_float": keep_float, "accuracy_budget": accuracy_budget},
-                                 prune={"sparsity": sparsity, "macs_budget": macs_budget,
-                                        "latency_budget": latency_budget}))
+                                 **({"search": budgets} if search_student else
+                                    {"prune": {"sparsity": sparsity, **budgets}})))
         result = run(model, target, calib, options)
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)

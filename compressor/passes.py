@@ -72,9 +72,7 @@ class Pass:
 PASSES: dict[str, type[Pass]] = {}
 
 # Passes of the design whose issues have not landed yet: named here so the error says so.
-PLANNED: dict[str, str] = {
-    "search": "student architecture search (DisWOT / AutoDistil)",
-}
+PLANNED: dict[str, str] = {}
 
 
 def register(cls: type[Pass]) -> type[Pass]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import write_atomic
+from .search.report import search_rows, search_section
 
 _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "optimum", "nncf")
 
@@ -50,6 +51,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
             ("target", f"{report['target']['name']} ({report['target']['backend']})")]
     rows += _size_rows(report)
+    rows += search_rows(_pass_metrics(report, "search"))
     rows += _prune_rows(_pass_metrics(report, "prune"))
     q = _pass_metrics(report, "quantize")
     if q.get("qad_metric") is not None:
@@ -236,6 +238,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if v.get("fp32_onnx_baseline_error"):
             lines += ["", f"No FP32 onnxruntime baseline: the teacher did not export ({v['fp32_onnx_baseline_error']})."]
+    lines += search_section(_pass_metrics(report, "search"), next((r for r in report.get("passes", [])
+                                                                   if r["name"] == "search"), {}))
     lines += _prune_section(report)
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):

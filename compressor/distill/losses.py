@@ -97,3 +97,33 @@ def self_attention_relation_loss(student: tuple[torch.Tensor, torch.Tensor, torc
         kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (batch, heads, queries)
         total = total + (kl * rows).sum() / rows.sum().clamp_min(1.0)
     return total
+
+
+def class_activation_maps(features: torch.Tensor, logits: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """Grad-CAM-style maps (N, K, positions) of a feature map (N, C, ...) for every class of `logits`
+    (N, K): per position, the gradient of the class score times the feature, summed over channels.
+    With a pooled linear head the gradient is the classifier's weights (over the positions), so this
+    is the class activation map; any other head gives its input-dependent Grad-CAM weights."""
+    flat = features.reshape(features.shape[0], features.shape[1], -1)
+    maps = []
+    for k in range(logits.shape[1]):
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), features, retain_graph=True, create_graph=create_graph)
+        maps.append((grad.reshape_as(flat) * flat).sum(dim=1))
+    return torch.stack(maps, dim=1)
+
+
+def class_similarity(maps: torch.Tensor) -> torch.Tensor:
+    """The (K, K) similarity of the class activation maps (N, K, positions), per sample with rows
+    L2-normalised, averaged over the batch: independent of the feature width and resolution's scale."""
+    unit = F.normalize(maps, dim=2)
+    return (unit @ unit.transpose(1, 2)).mean(dim=0)
+
+
+def semantic_loss(student_features: torch.Tensor, student_logits: torch.Tensor, teacher_features: torch.Tensor,
+                  teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Distance between the class-activation similarity matrices of student and teacher (DisWOT's
+    semantic similarity, as a loss): 0 when both relate the classes' evidence alike. Differentiable
+    in the student (its maps are built with create_graph); the teacher's are constants."""
+    student = class_similarity(class_activation_maps(student_features, student_logits, create_graph=True))
+    teacher = class_similarity(class_activation_maps(teacher_features, teacher_logits)).detach()
+    return ((student - teacher) ** 2).mean()

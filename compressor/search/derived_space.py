@@ -1,0 +1,92 @@
+"""The search space cut from the teacher's own graph, for any torch.export-able CNN: every coupled
+channel group (compressor.prune's CNN analysis: cnn_groups.py) takes one of the DERIVED width ratios,
+every removable residual block is kept or removed, and a candidate is the teacher's graph narrowed
+and shortened by the prune package's physical shrink (cnn_shrink.py), then randomly initialised."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import fx
+
+from ..artifacts import InputSpec
+from ..errors import CompressError
+from ..prune.discover import DISCOVERERS
+from .families import DERIVED
+from .reinit import reinitialise
+from .space import SearchSpace, ratio_choices
+
+WIDTH, BLOCK = "width:", "block:"
+
+
+def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
+def channel_importance(structure) -> dict[str, torch.Tensor]:
+    """Per group, the L1 norm of each output channel's weights in every conv/linear producing it
+    (each producer normalised by its mean): which channels an inherited student keeps."""
+    spaces, gm = structure.analysis.spaces, structure.model
+    out = {}
+    for root, name in structure.group_of.items():
+        total = torch.zeros(spaces.size[root])
+        for node in spaces.producers[root]:
+            weight = node.args[1] if len(node.args) > 1 else None
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":
+                norms = _attr(gm, weight.target).detach().abs().reshape(spaces.size[root], -1).sum(dim=1)
+                total += norms / norms.mean().clamp_min(1e-12)
+        out[name] = total
+    return out
+
+
+@contextlib.contextmanager
+def _without_fake_values(gm: fx.GraphModule):
+    """The graph's fake-tensor metadata set aside: copying it dominates a shrink's time, and so does
+    re-propagating it (cnn_shrink refreshes it only where it finds it)."""
+    saved = {n: {k: n.meta.pop(k) for k in ("val", "tensor_meta") if k in n.meta} for n in gm.graph.nodes}
+    try:
+        yield
+    finally:
+        for node, meta in saved.items():
+            node.meta.update(meta)
+
+
+def derived_space(teacher: torch.nn.Module, spec: InputSpec, example: tuple[torch.Tensor, ...], seed: int,
+                  round_to: int | None = None) -> SearchSpace:
+    structure = DISCOVERERS["cnn"](teacher, spec, example)
+    if structure is None or not structure.groups:
+        raise CompressError("search: no channel group or residual block of the model can be narrowed or removed "
+                            "(the derived search space is empty); try search.space = \"resnet\" or \"mobilenetv2\"")
+    step = round_to or DERIVED["round_to"]
+    choices: dict[str, tuple] = {}
+    for group in structure.groups:
+        if group.kind == "block":
+            choices[BLOCK + group.name] = (0, 1)
+        elif group.kind == "channels":
+            choices[WIDTH + group.name] = ratio_choices(group.size, DERIVED["width_ratios"], step)
+    importance = channel_importance(structure)
+
+    def keep(genes: dict[str, Any]) -> dict[str, torch.Tensor]:
+        masks = {}
+        for group in structure.groups:
+            if group.kind == "block":
+                masks[group.name] = torch.tensor([bool(genes[BLOCK + group.name])])
+            elif group.kind == "channels":
+                mask = torch.zeros(group.size, dtype=torch.bool)
+                mask[importance[group.name].argsort(descending=True)[:genes[WIDTH + group.name]]] = True
+                masks[group.name] = mask
+        return masks
+
+    def inherit(genes: dict[str, Any]) -> torch.nn.Module:
+        return structure.shrink(keep(genes)).eval()
+
+    def build(genes: dict[str, Any]) -> torch.nn.Module:
+        with _without_fake_values(structure.model):  # scoring needs no shape metadata: 4x faster
+            return reinitialise(structure.shrink(keep(genes)).eval(), seed)
+
+    return SearchSpace("derived", choices, build,
+                       f"derived from the teacher: {sum(g.kind == 'channels' for g in structure.groups)} channel groups, "
+                       f"{sum(g.kind == 'block' for g in structure.groups)} removable blocks", inherit,
+                       getattr(structure, "static_batch", None))

@@ -1,0 +1,75 @@
+"""Where DisWOT reads a network: its last feature map (the last tensor with spatial axes before the
+last weighted layer) and its logits, on any FX graph (an aten graph derived from the teacher, or a
+traced built-in family module). A network whose last weighted layer is not a Linear giving (N, K)
+scores has no classifier head: only the relation similarity applies to it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+
+from ..capture import WEIGHTED, op_kind
+from ..distill.taps import Tap
+from ..model_io import first_output
+from ..prune.cnn_groups import concrete_shapes
+from .cost import as_graph
+
+_WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def _weighted(gm: fx.GraphModule, node: fx.Node) -> str | None:
+    """"conv" / "linear" for a weighted layer, as an aten op or a module call; None otherwise."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return ("linear" if isinstance(module, nn.Linear) else "conv") if isinstance(module, _WEIGHTED_MODULES) else None
+    kind = op_kind(node)
+    return kind if kind in WEIGHTED else None
+
+
+@dataclass
+class FeatureReader:
+    graph: fx.GraphModule
+    tap: Tap
+    has_classifier: bool
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last feature map, first output) on `inputs`; the map keeps its autograd link to the output."""
+        out = first_output(self.graph(*inputs))
+        return self.tap.value, out
+
+
+def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classification: bool,
+                   shapes: dict | None = None) -> FeatureReader | None:
+    """A reader for `module` (tapped in place when it is a graph module; a traced copy otherwise,
+    sharing its parameters); None when the graph has no weighted layer with a feature map before it.
+    `shapes`: the graph's node shapes where already known (cost.measure_graph)."""
+    gm = as_graph(module)
+    shapes = shapes if shapes is not None else concrete_shapes(gm, example)
+    weighted = [n for n in gm.graph.nodes if _weighted(gm, n)]
+    if not weighted:
+        return None
+    last = weighted[-1]
+    value = last.args[0]
+    seen = set()
+    while isinstance(value, fx.Node) and value not in seen:  # back through pooling and flattening
+        seen.add(value)
+        shape = shapes.get(value)
+        if isinstance(shape, tuple) and len(shape) >= 3 and all(isinstance(d, int) for d in shape):
+            break
+        inputs = [a for a in value.all_input_nodes if a.op not in ("get_attr",)]
+        value = inputs[0] if len(inputs) == 1 else None
+    if not isinstance(value, fx.Node):
+        return None
+    tap = Tap()
+    name = "diswot_feature_tap"
+    gm.add_submodule(name, tap)
+    with gm.graph.inserting_after(value):
+        node = gm.graph.call_module(name, (value,))
+    for user in list(value.users):
+        if user is not node:
+            user.replace_input_with(value, node)
+    gm.recompile()
+    out_shape = shapes.get(last)
+    head = _weighted(gm, last) == "linear" and isinstance(out_shape, tuple) and len(out_shape) == 2
+    return FeatureReader(gm, tap, classification and head)
