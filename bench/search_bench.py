@@ -231,7 +231,7 @@ def main() -> None:
                             "distilled_student_top1": record.get("distilled_student_top1"),
                             "teacher_top1": teacher_top1, "engine_top1": engine_top1},
                   latency={k: v for k, v in lat.items()}, engine_speedup_vs_teacher_fp32=speedup)
-    table = markdown_table(["MACs", "DisWOT score", "NASWOT", f"top-1 after {args.epochs} epochs", "distill s"], rows,
+    table = markdown_table(["candidate", "MACs", "DisWOT score", "NASWOT", f"top-1 after {args.epochs} epochs", "distill s"], rows,
                            lambda r: [f"{r['macs'] / 1e6:.2f}M", f"{r['diswot']:.4f}", f"{r['naswot']:.1f}",
                                       f"{r['top1'] * 100:.1f}%", f"{r['distill_seconds']:.0f}"])
     log("\n" + table)
