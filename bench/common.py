@@ -17,7 +17,7 @@ import torch
 
 from compressor import compress
 from compressor.backends.onnxruntime import INTEGER_KERNELS, OrtRunner
-from compressor.errors import first_line
+from compressor.errors import VerificationError, first_line
 from compressor.export.onnx_export import export_onnx
 from compressor.profile.engine import per_node
 from compressor.profile.latency import measure
@@ -178,3 +178,40 @@ def write_record(record: dict, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     tmp.replace(out)
+
+
+def compress_measured(model, record: dict, out: Path, **options):
+    """compressor.compress, keeping (report, engine) when verification fails (exit 3): a benchmark
+    still measures a run that misses its budget, and records why in `record`."""
+    try:
+        result = compress(model, out=out, **options)
+        return result.report, result.engine
+    except VerificationError as e:  # the engine is in the lower pass's folder
+        record["ours_verification"] = str(e)
+        return e.report, out / next(p for p in e.report["passes"] if p["name"] == "lower")["output"]
+
+
+def distill_student(student, teacher, data, epochs: int, lr: float = 1e-3, seed: int = 0, quiet: bool = False) -> list[dict]:
+    """The fine-tune every benchmarked classifier student gets: our distill loop, logit KL at the
+    default temperature and teacher-labelled shifts (as the prune pass), best epoch by the
+    validation slice of the recipe's training samples."""
+    from compressor.distill import DistillConfig, batched_outputs, fidelity_scorer, prediction_loss, split_validation, train
+    from compressor.distill.augment import augmentation
+    from compressor.evaluators import get_evaluator
+    from compressor.model_io import first_output
+    from compressor.progress import Progress
+
+    cfg = DistillConfig(epochs=epochs, lr=lr, batch=64, patience=epochs, seed=seed)
+    split = split_validation(*data.training(), cfg.val_fraction, cfg.seed)
+    _, evaluate = get_evaluator(None, "classification")
+    score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64)
+    shift = augmentation("auto", split.train, seed)
+
+    def loss(idx):
+        batch = shift(tuple(x[idx] for x in split.train))
+        with torch.no_grad():
+            target = first_output(teacher(*batch)).float()
+        return prediction_loss(first_output(student(*batch)), target, "classification", cfg)
+
+    student.eval()
+    return train(student, split.samples, loss, score, cfg, Progress(quiet=quiet), label="distill")

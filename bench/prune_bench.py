@@ -24,21 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import log, log_criteria, markdown_table, new_record, write_record  # noqa: E402
+from common import compress_measured, distill_student, log, log_criteria, markdown_table, new_record, write_record  # noqa: E402
 
-from compressor import compress  # noqa: E402
 from compressor.artifacts import load_module  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
-from compressor.distill import (DistillConfig, batched_outputs, fidelity_scorer, prediction_loss,  # noqa: E402
-                                split_validation, train)
-from compressor.distill.augment import augmentation  # noqa: E402
-from compressor.errors import VerificationError  # noqa: E402
-from compressor.evaluators import get_evaluator  # noqa: E402
+from compressor.distill import batched_outputs  # noqa: E402
 from compressor.export.onnx_export import export_onnx  # noqa: E402
-from compressor.model_io import LoadOptions, first_output, load_model  # noqa: E402
+from compressor.model_io import LoadOptions, load_model  # noqa: E402
 from compressor.backends import get_backend  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
-from compressor.progress import Progress  # noqa: E402
 from compressor.prune.prune_pass import PruneConfig  # noqa: E402
 from samples.mnist.model import MnistResNet, count_macs  # noqa: E402
 
@@ -46,24 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TEACHER = ROOT / "samples" / "mnist" / "teacher.pt2"
 OUT = ROOT / "bench" / "results" / "prune_bench.json"
 RUNS = 200
-
-
-def distill_student(student, teacher, data, epochs: int, lr: float, seed: int = 0) -> list[dict]:
-    """The fine-tune every student gets: our distill loop, loss and augmentation (as the prune pass)."""
-    cfg = DistillConfig(epochs=epochs, lr=lr, batch=64, patience=epochs, seed=seed)
-    split = split_validation(*data.training(), cfg.val_fraction, cfg.seed)
-    _, evaluate = get_evaluator(None, "classification")
-    score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64)
-    shift = augmentation("auto", split.train, seed)
-
-    def loss(idx):
-        batch = shift(tuple(x[idx] for x in split.train))
-        with torch.no_grad():
-            target = first_output(teacher(*batch)).float()
-        return prediction_loss(first_output(student(*batch)), target, "classification", cfg)
-
-    student.eval()
-    return train(student, split.samples, loss, score, cfg, Progress(quiet=False), label="distill")
 
 
 def top1(module, data) -> float:
@@ -128,14 +104,8 @@ def main() -> None:
 
     log(f"ours: compress --target x86-cpu {TEACHER.name} --calib mnist --macs-budget {args.budget} ...")
     started = time.time()
-    try:
-        result = compress(TEACHER, target="x86-cpu", calib="mnist", out=work / "ours", force=True, quiet=False,
-                          macs_budget=args.budget)
-        report, engine = result.report, result.engine
-    except VerificationError as e:  # the numbers are still measured: the engine is in the lower pass's folder
-        report = e.report
-        record["ours_verification"] = str(e)
-        engine = work / "ours" / next(p for p in report["passes"] if p["name"] == "lower")["output"]
+    report, engine = compress_measured(TEACHER, record, work / "ours", target="x86-cpu", calib="mnist", force=True,
+                                       quiet=False, macs_budget=args.budget)
     ours_seconds = time.time() - started
     passes = {p["name"]: p for p in report["passes"]}
     prune = passes["prune"]["metrics"]

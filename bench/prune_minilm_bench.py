@@ -30,14 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import loadavg, log, log_criteria, markdown_table, new_record, write_record  # noqa: E402
+from common import compress_measured, loadavg, log, log_criteria, markdown_table, new_record, write_record  # noqa: E402
 
-from compressor import compress  # noqa: E402
 from compressor.artifacts import load_module  # noqa: E402
 from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
 from compressor.distill import batched_outputs, fidelity_scorer, train, training_split  # noqa: E402
-from compressor.errors import VerificationError  # noqa: E402
 from compressor.evaluators import cosine, get_evaluator  # noqa: E402
 from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.model_io import LoadOptions, load_model  # noqa: E402
@@ -156,14 +154,8 @@ def main() -> None:
         f"({args.prune_epochs} gate + {args.epochs} fine-tune epochs) ...")
     started = time.time()
     resume = (work / "ours").is_dir()  # a kept folder: continue where it stopped
-    try:
-        result = compress(folder, target="x86-cpu", calib=str(recipe), out=work / "ours", config=config, quiet=False,
-                          resume=resume, force=not resume)
-        report, engine = result.report, result.engine
-    except VerificationError as e:  # still measured: the engine is in the lower pass's folder
-        report = e.report
-        record["ours_verification"] = str(e)
-        engine = work / "ours" / next(p for p in report["passes"] if p["name"] == "lower")["output"]
+    report, engine = compress_measured(folder, record, work / "ours", target="x86-cpu", calib=str(recipe), config=config,
+                                       quiet=False, resume=resume, force=not resume)
     ours_seconds = time.time() - started
     passes = {p["name"]: p for p in report["passes"]}
     prune = passes["prune"]["metrics"]

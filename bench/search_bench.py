@@ -29,20 +29,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import log, log_criteria, loadavg, markdown_table, new_record, write_record  # noqa: E402
+from common import distill_student, log, log_criteria, loadavg, markdown_table, new_record, write_record  # noqa: E402
 
 from compressor import compress  # noqa: E402
 from compressor.backends import get_backend  # noqa: E402
 from compressor.calibration import load_calibration, load_recipe  # noqa: E402
-from compressor.distill import DistillConfig, batched_outputs, fidelity_scorer, prediction_loss, split_validation, train  # noqa: E402
-from compressor.distill.augment import augmentation  # noqa: E402
+from compressor.distill import batched_outputs  # noqa: E402
 from compressor.artifacts import load_module  # noqa: E402
 from compressor.errors import CompressError  # noqa: E402
-from compressor.evaluators import get_evaluator  # noqa: E402
 from compressor.export.onnx_export import export_onnx  # noqa: E402
-from compressor.model_io import LoadOptions, first_output, load_model  # noqa: E402
+from compressor.model_io import LoadOptions, load_model  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
-from compressor.progress import Progress  # noqa: E402
 from compressor.search.cnn_search import make_space, teacher_at_init  # noqa: E402
 from compressor.search.config import SearchConfig  # noqa: E402
 from compressor.search.data import SearchData  # noqa: E402
@@ -91,20 +88,8 @@ def naswot(module: torch.fx.GraphModule, inputs: torch.Tensor) -> float:
 
 
 def distill(student, teacher, data, epochs: int, seed: int = 0) -> float:
-    cfg = DistillConfig(epochs=epochs, lr=1e-3, batch=64, patience=epochs, seed=seed)
-    split = split_validation(*data.training(), cfg.val_fraction, cfg.seed)
-    _, evaluate = get_evaluator(None, "classification")
-    score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64)
-    shift = augmentation("auto", split.train, seed)
-
-    def loss(idx):
-        batch = shift(tuple(x[idx] for x in split.train))
-        with torch.no_grad():
-            target = first_output(teacher(*batch)).float()
-        return prediction_loss(first_output(student(*batch)), target, "classification", cfg)
-
-    student.eval()
-    train(student, split.samples, loss, score, cfg, Progress(quiet=True), label="distill")
+    """One short distillation (common.distill_student, lr 1e-3); top-1 on the held-out digits."""
+    distill_student(student, teacher, data, epochs, lr=1e-3, seed=seed, quiet=True)
     out = batched_outputs(student, data.holdout, 200).numpy()
     return float((out.argmax(1) == data.holdout_labels.numpy()).mean())
 
