@@ -139,33 +139,10 @@ class _Rescaled(nn.Module):
         return self.teacher(x) * self.scale + self.shift * torch.tensor([0.0, 1.0])
 
 
-def test_a_fine_tuned_epoch_with_lower_kl_is_kept_despite_one_validation_flip():
-    torch.manual_seed(0)
-    teacher = nn.Linear(4, 2)
-    x = torch.randn(350, 4)
-    with torch.no_grad():
-        teacher_out = teacher(x)
-    _, evaluate = get_evaluator(None, "classification")
-    score = fidelity_scorer((x,), teacher_out, evaluate, 64, "classification", 4.0)
-    student = _Rescaled(teacher)  # "PTQ": every prediction the teacher's, logits 1.5x too large
-    margins = (teacher_out[:, 0] - teacher_out[:, 1])
-    m1, m2 = margins[margins > 0].sort().values[:2]
-    shift = float(m1 + m2) / 2  # one epoch: the scale back to 1, and the class-0 sample nearest the boundary flips
-
-    def loss(idx):
-        return (student.scale - 1.0) ** 2 - student.shift
-
-    groups = [{"params": [student.scale], "lr": 0.5}, {"params": [student.shift], "lr": shift}]
-    before = score(student)
-    history = train(student, 350, loss, score, DistillConfig(epochs=1, batch=350), Progress(quiet=True),
-                    param_groups=groups)
-    after = history[1]
-    assert before.metric == 1.0 and after["val_metric"] == pytest.approx(349 / 350), history
-    assert after["val_divergence"] < before.divergence and after["kept"], history
-    assert float(student.scale.detach()) == pytest.approx(1.0, abs=1e-4)  # the student ends in the kept state
-
-
-def test_a_fine_tuned_epoch_that_flips_many_predictions_is_not_kept():
+def _one_epoch_that_flips(shift_of) -> tuple[dict, dict, "_Rescaled"]:
+    """A "PTQ" student (every prediction the teacher's, logits 1.5x too large) trained one epoch that
+    brings the scale back to 1 while shifting class 1 up by `shift_of(sorted positive margins)`,
+    which flips the class-0 samples nearest the boundary. The score before, the history, the student."""
     torch.manual_seed(0)
     teacher = nn.Linear(4, 2)
     x = torch.randn(350, 4)
@@ -175,14 +152,29 @@ def test_a_fine_tuned_epoch_that_flips_many_predictions_is_not_kept():
     score = fidelity_scorer((x,), teacher_out, evaluate, 64, "classification", 4.0)
     student = _Rescaled(teacher)
     margins = (teacher_out[:, 0] - teacher_out[:, 1])
-    shift = float(margins[margins > 0].sort().values[5])  # five flips
+    shift = shift_of(margins[margins > 0].sort().values)
 
     def loss(idx):
         return (student.scale - 1.0) ** 2 - student.shift
 
-    groups = [{"params": [student.scale], "lr": 0.5}, {"params": [student.shift], "lr": shift * 1.0001}]
+    groups = [{"params": [student.scale], "lr": 0.5}, {"params": [student.shift], "lr": shift}]
+    before = score(student)
     history = train(student, 350, loss, score, DistillConfig(epochs=1, batch=350), Progress(quiet=True),
                     param_groups=groups)
+    return before, history, student
+
+
+def test_a_fine_tuned_epoch_with_lower_kl_is_kept_despite_one_validation_flip():
+    # one epoch: the scale back to 1, and the class-0 sample nearest the boundary flips
+    before, history, student = _one_epoch_that_flips(lambda m: float(m[0] + m[1]) / 2)
+    after = history[1]
+    assert before.metric == 1.0 and after["val_metric"] == pytest.approx(349 / 350), history
+    assert after["val_divergence"] < before.divergence and after["kept"], history
+    assert float(student.scale.detach()) == pytest.approx(1.0, abs=1e-4)  # the student ends in the kept state
+
+
+def test_a_fine_tuned_epoch_that_flips_many_predictions_is_not_kept():
+    _, history, student = _one_epoch_that_flips(lambda m: float(m[5]) * 1.0001)  # five flips
     assert history[1]["val_metric"] < 345.5 / 350 and not history[1]["kept"], history
     assert float(student.scale.detach()) == pytest.approx(1.5)  # PTQ's state survives
 
