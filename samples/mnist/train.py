@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -58,15 +59,22 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("samples/mnist/teacher.pt2"))
-    parser.add_argument("--epochs", type=int, default=6)
+def arguments(out: str, epochs: int, lr: float) -> argparse.Namespace:
+    """The command line every MNIST teacher's training script takes, with that teacher's defaults."""
+    parser = argparse.ArgumentParser(description="Train an MNIST teacher and save it as a torch.export program")
+    parser.add_argument("--out", type=Path, default=Path(out))
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=4e-3, help="peak OneCycle learning rate")
-    args = parser.parse_args()
+    parser.add_argument("--lr", type=float, default=lr, help="peak OneCycle learning rate")
+    return parser.parse_args()
 
+
+def train_teacher(build: Callable[[], torch.nn.Module], model_ref: str, args: argparse.Namespace,
+                  weight_decay: float) -> None:
+    """Train the model `build()` makes (after seeding, so its initial weights follow --seed) on the 4000 training digits (random shifts, AdamW with OneCycle), then write it
+    as an ExportedProgram with a dynamic batch to ``args.out`` and its metadata beside it.
+    `model_ref` ("module:Class") is recorded in the metadata."""
     torch.set_num_threads(2)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -74,16 +82,16 @@ def main() -> None:
 
     # The split uses its own fixed seed so every teacher is scored on the same test set.
     x_train, y_train, x_test, y_test = map(torch.from_numpy, load_mnist_split(seed=0))
-    model = MnistResNet()
+    model = build()
     macs = count_macs(model)
     params = sum(p.numel() for p in model.parameters())
-    print(f"MnistResNet: {macs / 1e6:.1f} MMACs/image, {params / 1e6:.3f} M params, "
+    print(f"{type(model).__name__}: {macs / 1e6:.2f} MMACs/image, {params / 1e6:.3f} M params, "
           f"train {len(x_train)}, test {len(x_test)}")
 
     # channels_last roughly triples CPU training speed for these convs.
     model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
 
@@ -120,7 +128,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: torch.export.save(ep, tmp))
     meta = {
-        "model": "samples.mnist.model:MnistResNet",
+        "model": model_ref,
         "input": {"shape": ["batch", 1, 28, 28], "dtype": "float32", "range": [0.0, 1.0]},
         "test_accuracy": round(test_acc, 4),
         "test_size": len(x_test),
@@ -138,6 +146,11 @@ def main() -> None:
     atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     print(f"test accuracy {test_acc:.4f}; saved {out} ({out.stat().st_size / 1e6:.2f} MB) "
           f"and {meta_path}")
+
+
+def main() -> None:
+    args = arguments("samples/mnist/teacher.pt2", epochs=6, lr=4e-3)
+    train_teacher(MnistResNet, "samples.mnist.model:MnistResNet", args, weight_decay=5e-4)
 
 
 if __name__ == "__main__":
