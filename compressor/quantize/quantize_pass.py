@@ -93,8 +93,11 @@ class QuantizePass(Pass):
         # The pass answers for what quantizing loses: the accuracy budget and the collapse guard start
         # from the float model it was given. A pruned or searched student arrives with its own
         # distance to the teacher, which the prune/search report and the final verify account for.
-        float_val_metric = validation_score(student).metric
-        input_metric = held_out_metric(student)
+        if artifact.module is teacher:  # quantize first: the teacher's own scores, already known
+            float_val_metric = evaluate(teacher_val.numpy(), teacher_val.numpy(), None)["metric"]
+            input_metric = teacher_metric
+        else:
+            float_val_metric, input_metric = validation_score(student).metric, held_out_metric(student)
         folded = fold_batchnorm(student)
         placed = insert_fake_quants(student, scheme)
         if not placed.layers:
