@@ -7,6 +7,7 @@ know about an engine, in one object per engine.
     run = backend.runner(path, threads)             # the one way anything runs an engine
     y = run(x1, x2)                                 # numpy in (batch first), first output out
     check = backend.verification(artifact)          # how `verify` runs and labels a lowered artifact
+    profiler = backend.profiler()                   # per-layer profiling, here or on a device
 
 A new engine subclasses Backend, sets its class attributes and registers an instance with
 `compressor.backends.register_backend`; nothing else in the code base names it.
@@ -83,6 +84,12 @@ class Backend:
         """(shape, dtype) of each input of the engine a runner opened; a dynamic dimension may be
         a name ("batch", "sequence"). For `compress profile`'s example inputs."""
         raise CompressError(f"the {self.name} backend cannot list its engine's inputs")
+
+    def profiler(self):
+        """This engine kind's profiler (a compressor.profile.profiler.EngineProfiler: latency and
+        per-layer times here or on a device, for `compress profile` and `compress --device`), or
+        None where it has none."""
+        return None
 
     def opens(self, path: Path) -> bool:
         return Path(path).suffix in self.suffixes

@@ -64,6 +64,11 @@ class OnnxruntimeBackend(Backend):
     def runner(self, path: Path, threads: int | None = None) -> OrtRunner:
         return OrtRunner(path, threads)
 
+    def profiler(self):
+        from ..profile.ort import PROFILER
+
+        return PROFILER
+
     def input_specs(self, runner: OrtRunner) -> list[tuple[tuple, np.dtype]]:
         return [(tuple(i.shape), ORT_DTYPES.get(i.type, np.float32)) for i in runner.session.get_inputs()]
 
