@@ -91,8 +91,9 @@ class Device:
     def _failure(self, rc: int, err: str, job: Job, program: str) -> str:
         missing = re.search(r"missing-runtime (\S+): (.*)", err)
         if rc == MISSING_RUNTIME_EXIT and missing:
-            return (f"{self.label}: {missing.group(1)} is not installed on the device for {program}: install it there "
-                    f"({missing.group(2).strip()}), or name another interpreter with ?python=PATH in --device")
+            return (f"{self.label}: {missing.group(1).replace(',', ', ')} not installed on the device for {program}: "
+                    f"install there with `{missing.group(2).strip()}`, "
+                    "or name another interpreter with ?python=PATH in --device")
         if rc == 127:
             return (f"{self.label}: {program} not found on the device: install {job.needs or program} there"
                     + (", or name the interpreter with ?python=PATH in --device" if program == self.python else ""))

@@ -45,7 +45,7 @@ def profile_engines(paths: list[Path], settings: Settings, device: Device | str 
         engines.append({**entry, **stats, **({"layers": layers, "layers_total_ms": sum(r["ms"] for r in layers)}
                                             if layers else {})})
     result = {"device": device.label, "remote": device.remote, "emulated": device.emulated, "kind": profiler.kind,
-              "measured_on": {"host": raw.get("host"), "pid": raw.get("pid")}, "runtime": raw.get("runtime"),
+              "measured_on": {k: raw.get(k) for k in ("host", "pid", "ssh_connection")}, "runtime": raw.get("runtime"),
               "threads": settings.threads, "peak_rss_bytes": raw.get("peak_rss_bytes"), "engines": engines}
     for key in ("instructions_note", "timing_note"):
         if key in raw:

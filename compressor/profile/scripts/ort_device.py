@@ -22,17 +22,18 @@ import tempfile
 import time
 
 MISSING_RUNTIME_EXIT = 17  # the caller's signal that a module is missing on the device
-INSTALL = {"numpy": "pip install numpy", "onnxruntime": "pip install onnxruntime"}
 
 
 def _imports():
-    modules = {}
+    modules, missing = {}, []
     for name in ("numpy", "onnxruntime"):
         try:
             modules[name] = __import__(name)
         except ImportError:
-            sys.stderr.write(f"missing-runtime {name}: {INSTALL[name]}\n")
-            sys.exit(MISSING_RUNTIME_EXIT)
+            missing.append(name)
+    if missing:
+        sys.stderr.write(f"missing-runtime {','.join(missing)}: pip install {' '.join(missing)}\n")
+        sys.exit(MISSING_RUNTIME_EXIT)
     return modules["numpy"], modules["onnxruntime"]
 
 
@@ -149,7 +150,8 @@ def main():
         request = json.load(f)
     result = {"profile": profile, "outputs": outputs}[request["mode"]](request)
     result.update(host=socket.gethostname(), pid=os.getpid(), runtime=f"onnxruntime {ort.__version__}",
-                  peak_rss_bytes=peak_rss_bytes(), cpu_count=os.cpu_count())
+                  peak_rss_bytes=peak_rss_bytes(), cpu_count=os.cpu_count(),
+                  ssh_connection=os.environ.get("SSH_CONNECTION"))
     with open(sys.argv[2], "w") as f:
         json.dump(result, f)
 

@@ -1,0 +1,134 @@
+"""compress profile: per-layer profiling of every engine kind here, and of ONNX engines on a device
+over SSH (a real sshd on 127.0.0.1, see sshd.py)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from compressor.cli import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sshd import LoopbackSshd, free_port, start_sshd  # noqa: E402
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def onnx_engines(models, tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny CNN as FP32 ONNX, and a narrower one (fewer channels: faster)."""
+    import torch
+
+    from compressor.export.onnx_export import export_onnx
+    from compressor.model_io import load_model
+    from conftest import tiny_net
+
+    folder = tmp_path_factory.mktemp("engines")
+    artifact = load_model(models["pt2"])
+    wide = folder / "wide.onnx"
+    export_onnx(artifact.module, artifact.spec, wide)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    small = folder / "small.pt2"
+    torch.export.save(torch.export.export(tiny_net(2), (torch.rand(2, 1, 28, 28),), dynamic_shapes=({0: batch},)), small)
+    narrow = folder / "narrow.onnx"
+    narrow_artifact = load_model(small)
+    export_onnx(narrow_artifact.module, narrow_artifact.spec, narrow)
+    return wide, narrow
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    if isinstance(server, str):
+        pytest.skip(f"no test sshd: {server}")
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def _profile(*args):
+    return CliRunner().invoke(main, ["profile", *map(str, args)])
+
+
+def test_onnx_engine_per_layer_json_table_and_chart(onnx_engines, tmp_path):
+    wide, _ = onnx_engines
+    chart = tmp_path / "layers.png"
+    result = _profile(wide, "--runs", "20", "--per-layer", "--json", "--chart", chart)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    engine = report["engines"][0]
+    assert 0 < engine["min_ms"] <= engine["median_ms"] <= engine["p90_ms"] <= engine["p99_ms"]
+    assert engine["throughput_per_s"] == pytest.approx(1e3 / engine["median_ms"])
+    assert engine["input_shapes"] == [[1, 1, 28, 28]] and engine["runs"] == 20
+    assert {row["op"] for row in engine["layers"]} & {"Conv", "FusedConv", "Gemm"}
+    assert report["peak_rss_bytes"] > 1e6 and report["measured_on"]["pid"] != os.getpid()
+    from PIL import Image
+
+    assert Image.open(chart).size[1] > 40
+    table = _profile(wide, "--runs", "10", "--per-layer", "--top", "3")
+    assert table.exit_code == 0 and "slowest 3 of" in table.output and "inferences/s" in table.output
+
+
+def test_two_engines_alternate_and_give_the_ratio_with_its_noise(onnx_engines):
+    wide, narrow = onnx_engines
+    result = _profile(wide, narrow, "--runs", "30", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    a, b = report["engines"]
+    c = report["comparison"]
+    assert c["b_over_a"] == pytest.approx(b["median_ms"] / a["median_ms"])
+    assert len(c["part_ratios"]) == 5 and c["noise"] >= 0
+    assert c["verdict"] in ("faster", "slower", "same")
+
+
+def test_profile_errors_are_one_line(onnx_engines, tmp_path):
+    wide, _ = onnx_engines
+    bad = tmp_path / "model.tflite"
+    bad.write_bytes(b"x")
+    for args, words in (([bad], "unknown engine type"), ([wide, "--device", "ftp://x"], "unknown device"),
+                        ([tmp_path / "none.onnx"], "file not found")):
+        result = _profile(*args)
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_profile_over_ssh_runs_on_the_device(onnx_engines, sshd: LoopbackSshd):
+    wide, narrow = onnx_engines
+    for url in (sshd.url(PYTHON), sshd.url(PYTHON, alias=True)):
+        result = _profile(wide, narrow, "--runs", "10", "--per-layer", "--device", url, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        # the numbers come from a process the test's sshd started: its session names that server's port
+        assert report["remote"] and report["measured_on"]["pid"] != os.getpid()
+        assert report["measured_on"]["ssh_connection"].split()[-1] == str(sshd.port)
+        assert report["engines"][1]["layers"] and "comparison" in report
+
+
+@pytest.mark.parametrize("case", ["refused", "wrong_key", "missing_runtime", "missing_python"])
+def test_ssh_failures_are_one_line_errors_with_exit_2(onnx_engines, sshd: LoopbackSshd, case):
+    wide, _ = onnx_engines
+    url, words = {
+        "refused": (f"ssh://{sshd.user}@127.0.0.1:{free_port()}?ssh_config={sshd.ssh_config}", "connection refused"),
+        "wrong_key": (sshd.url(PYTHON, key=sshd.wrong_key), "authentication failed"),
+        # a Python without the runtime (the system's, outside the venv): the error names what to install
+        "missing_runtime": (sshd.url("/usr/bin/python3"), "pip install"),
+        "missing_python": (sshd.url("/nonexistent/python3"), "not found on the device"),
+    }[case]
+    if case == "missing_runtime" and _has_onnxruntime("/usr/bin/python3"):
+        pytest.skip("/usr/bin/python3 has onnxruntime here")
+    result = _profile(wide, "--runs", "5", "--device", url)
+    assert result.exit_code == 2, result.output
+    assert words in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    if case == "missing_runtime":
+        assert "onnxruntime" in result.output
+
+
+def _has_onnxruntime(python: str) -> bool:
+    import subprocess
+
+    return os.path.exists(python) and subprocess.run([python, "-c", "import onnxruntime"],
+                                                     capture_output=True).returncode == 0
