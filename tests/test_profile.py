@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -132,3 +133,58 @@ def _has_onnxruntime(python: str) -> bool:
 
     return os.path.exists(python) and subprocess.run([python, "-c", "import onnxruntime"],
                                                      capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def c_engine(tmp_path_factory) -> Path:
+    """The demo MNIST CNN (untrained: profiling needs no accuracy), quantized and generated as a C engine."""
+    from conftest import sample_module
+
+    from compressor.backends import cengine as ce
+
+    demo = sample_module("samples/apps/c/models.py", "cengine_demo_models")
+    folder = tmp_path_factory.mktemp("cengine")
+    torch = demo._torch()
+    torch.manual_seed(0)
+    x_train, _, x_test, _ = demo.mnist_data()
+    fp32 = demo.export_onnx(demo.mnist_cnn().eval(), x_test, folder / "fp32.onnx")
+    qdq = demo.quantize_qdq(fp32, folder / "qdq.onnx", x_train[:64])
+    ce.generate(qdq, folder / "engine")
+    return folder / "engine"
+
+
+def test_c_engine_per_layer_timers_here(c_engine):
+    result = _profile(c_engine, "--runs", "20", "--per-layer", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    engine = report["engines"][0]
+    assert report["kind"] == "cengine" and engine["arch"] == "host"
+    meta = json.loads((c_engine / "engine.json").read_text())
+    assert [r["op"] for r in engine["layers"]] == [m["kind"] for m in meta["layers"]]
+    conv = max((r for r in engine["layers"] if r["op"] == "conv"), key=lambda r: r["ms"])
+    assert conv["ms"] > 0 and engine["layers_total_ms"] > 0 and report["peak_rss_bytes"] > 0
+
+
+def test_c_engine_instructions_per_layer_under_qemu(c_engine):
+    from compressor.backends.cengine import compile_engine, count_instructions
+    from compressor.backends.cengine.toolchain import APT_INSTALL, missing_tools
+
+    if missing_tools("rv64gcv", run=True):
+        pytest.skip(f"RISC-V toolchain missing: {APT_INSTALL}")
+    result = _profile(c_engine, "--runs", "3", "--per-layer", "--device", "qemu", "--json")
+    assert result.exit_code == 0, result.output
+    engine = json.loads(result.output)["engines"][0]
+    assert engine["arch"] == "rv64gcv" and all(r["instructions"] > 0 for r in engine["layers"])
+    # the layers add up to the whole inference as the toolchain counts it (run 1 minus run 0), up to
+    # the marker calls' few instructions per layer
+    whole = count_instructions(compile_engine(c_engine, "rv64gcv"),
+                               np.random.default_rng(0).standard_normal(784), "rv64gcv")
+    assert 0 <= engine["instructions"] - whole <= 50 * len(engine["layers"])
+
+
+def test_c_engine_on_a_device_over_ssh_needs_no_python(c_engine, sshd: LoopbackSshd):
+    result = _profile(c_engine, "--runs", "10", "--per-layer", "--device", sshd.url("/nonexistent/python3"), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["measured_on"]["ssh_connection"].split()[-1] == str(sshd.port)
+    assert report["engines"][0]["layers"][0]["ms"] >= 0

@@ -58,6 +58,7 @@ class Device:
     remote = False  # the numbers come from another machine
     emulated = False  # RISC-V builds under qemu-user here (instruction counts, not device time)
     python = sys.executable
+    arch: str | None = None  # the C engine build it runs (None: this host's)
 
     @property
     def label(self) -> str:
@@ -114,8 +115,9 @@ class QemuDevice(Device):
 
 
 class SshDevice(Device):
-    """ssh://[user@]host[:port][?python=PATH&identity=KEY&ssh_config=FILE]; host may be an alias of
-    the ssh config. Password prompts are off (BatchMode): keys or an agent only."""
+    """ssh://[user@]host[:port][?python=PATH&identity=KEY&ssh_config=FILE&arch=ARCH]; host may be an
+    alias of the ssh config. Password prompts are off (BatchMode): keys or an agent only. `arch`: the
+    C engine build the device runs (host, rv64gc, rv64gcv; default host)."""
 
     scheme = "ssh"
     remote = True
@@ -125,10 +127,11 @@ class SshDevice(Device):
         if not parts.hostname:
             raise CompressError(f"--device {url}: no host; expected ssh://[user@]host[:port]")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = sorted(set(query) - {"python", "identity", "ssh_config"})
+        unknown = sorted(set(query) - {"python", "identity", "ssh_config", "arch"})
         if unknown:
             raise CompressError(f"--device {url}: unknown option(s) {', '.join(unknown)}; "
-                                "known: python, identity, ssh_config")
+                                "known: python, identity, ssh_config, arch")
+        self.arch = query.get("arch")
         try:
             self.port = parts.port
         except ValueError:

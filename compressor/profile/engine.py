@@ -63,9 +63,12 @@ def compare(b: dict, a: dict) -> dict:
 
 
 def top_layers(engine: dict, n: int = 15) -> list[dict]:
-    """The `n` slowest layers, each with its share of the engine's summed layer time."""
+    """The `n` slowest layers (most instructions where counted: emulated times say little), each with
+    its share of the engine's summed layer time."""
     total = engine.get("layers_total_ms") or 1.0
-    rows = sorted(engine.get("layers", []), key=lambda r: -r["ms"])[:n]
+    layers = engine.get("layers", [])
+    cost = "instructions" if layers and all("instructions" in r for r in layers) else "ms"
+    rows = sorted(layers, key=lambda r: -r[cost])[:n]
     return [{**r, "share": r["ms"] / total} for r in rows]
 
 

@@ -81,6 +81,17 @@ class CEngineBackend(Backend):
     def lower(self, artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
         return lower(artifact, ctx, workdir, config)
 
+    def opens(self, path: Path) -> bool:
+        """An engine folder (with its engine.json), or its model.c / engine.json."""
+        path = Path(path)
+        return (path / "engine.json").is_file() if path.is_dir() else (
+            path.name in ("model.c", "engine.json") and (path.parent / "engine.json").is_file())
+
+    def profiler(self):
+        from ...profile.cengine import PROFILER
+
+        return PROFILER
+
     def runner(self, path: Path, threads: int | None = None) -> EngineRunner:
         """The host build of the engine whose model.c (or directory) is `path`."""
         path = Path(path)
