@@ -188,3 +188,36 @@ def test_c_engine_on_a_device_over_ssh_needs_no_python(c_engine, sshd: LoopbackS
     report = json.loads(result.output)
     assert report["measured_on"]["ssh_connection"].split()[-1] == str(sshd.port)
     assert report["engines"][0]["layers"][0]["ms"] >= 0
+
+
+def test_tensorrt_plan_per_layer(tmp_path):
+    from compressor.backends.tensorrt.build import tensorrt_available
+
+    if not tensorrt_available():
+        pytest.skip("TensorRT is not installed here (it runs on a Jetson or a CUDA host)")
+    import tensorrt as trt
+    onnx_path = tmp_path / "tiny.onnx"
+    _tiny_onnx(onnx_path)
+    plan = tmp_path / "tiny.plan"
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, builder.logger)
+    assert parser.parse(onnx_path.read_bytes())
+    plan.write_bytes(bytes(builder.build_serialized_network(network, builder.create_builder_config())))
+    result = _profile(plan, "--runs", "20", "--per-layer", "--json")
+    assert result.exit_code == 0, result.output
+    engine = json.loads(result.output)["engines"][0]
+    assert engine["median_ms"] > 0 and engine["layers"] and sum(r["ms"] for r in engine["layers"]) > 0
+
+
+def _tiny_onnx(path: Path) -> None:
+    import torch
+
+    from compressor.export.onnx_export import export_onnx
+    from compressor.model_io import load_model
+    from conftest import tiny_net
+
+    pt2 = path.with_suffix(".pt2")
+    torch.export.save(torch.export.export(tiny_net(), (torch.rand(1, 1, 28, 28),)), pt2)
+    artifact = load_model(pt2)
+    export_onnx(artifact.module, artifact.spec, path)

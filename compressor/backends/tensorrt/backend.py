@@ -42,6 +42,11 @@ class TensorRTBackend(Backend):
     def runner(self, path: Path, threads: int | None = None) -> TrtRunner:
         return TrtRunner(path)
 
+    def profiler(self):
+        from ...profile.tensorrt import PROFILER
+
+        return PROFILER
+
     def input_specs(self, runner: TrtRunner) -> list[tuple[tuple, np.dtype]]:
         """A dynamic input at its optimization profile's `opt` shape."""
         specs = []
