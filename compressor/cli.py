@@ -87,12 +87,15 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--search", "search_student", is_flag=True,
               help="With --macs-budget / --latency-budget: search a new student architecture (DisWOT, no training) "
                    "and distill it, instead of pruning: the pipeline becomes search, distill + the target's passes.")
+@click.option("--device", default=None,
+              help="Verify parity and latency on this device: ssh://[user@]host[:port][?python=PATH] or an ssh "
+                   "config alias (see `compress profile --help`); default: here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
                 input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
-                search_student, quiet, as_json, debug):
+                search_student, device, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -110,11 +113,16 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                            input_dtype=input_dtype, task=task)
         if search_student and sparsity is not None:
             raise CompressError("--sparsity prunes; with --search give --macs-budget or --latency-budget")
+        if device:  # a device that cannot be reached fails now, not after minutes of compressing
+            from .profile.devices import open_device
+
+            open_device(device).check()
         budgets = {"macs_budget": macs_budget, "latency_budget": latency_budget}
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                              config=config, resume=resume, force=force, quiet=quiet, load=load,
                              overrides=_overrides(
                                  quantize={"keep_float": keep_float, "accuracy_budget": accuracy_budget},
+                                 verify={"device": device},
                                  **({"search": budgets} if search_student else
                                     {"prune": {"sparsity": sparsity, **budgets}})))
         result = run(model, target, calib, options)

@@ -221,3 +221,48 @@ def _tiny_onnx(path: Path) -> None:
     torch.export.save(torch.export.export(tiny_net(), (torch.rand(1, 1, 28, 28),)), pt2)
     artifact = load_model(pt2)
     export_onnx(artifact.module, artifact.spec, path)
+
+
+def _compress(*args) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    return subprocess.run([PYTHON, "-m", "compressor.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+
+
+def test_main_command_verifies_on_the_device(models, fast_config, sshd: LoopbackSshd, tmp_path):
+    out = tmp_path / "run"
+    result = _compress(models["pt2"], "--calib", "mnist", "--out", out, "--config", fast_config, "--quiet",
+                       "--device", sshd.url(PYTHON))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    verify = next(p for p in report["passes"] if p["name"] == "verify")["metrics"]
+    # parity outputs and latency both came from processes the test's sshd started
+    for measured in (verify["parity_measured_on"], verify["device_latency"]["measured_on"]):
+        assert measured["ssh_connection"].split()[-1] == str(sshd.port) and measured["pid"] != os.getpid()
+    assert verify["parity"]["max_abs_diff"] < 1e-3 and not verify["latency_stand_in"] and "latency" not in verify
+    md = (out / "report.md").read_text()
+    assert f"measured on {sshd.user}@127.0.0.1:{sshd.port}" in md and "stand-in" not in md
+    assert (out / "02-verify" / "layers.png").is_file() and "![time per layer](02-verify/layers.png)" in md
+
+
+def test_main_command_fails_fast_on_an_unreachable_device(models, sshd: LoopbackSshd, tmp_path):
+    out = tmp_path / "run"
+    result = _compress(models["pt2"], "--calib", "mnist", "--out", out, "--device",
+                       sshd.url(PYTHON, key=sshd.wrong_key))
+    assert result.returncode == 2 and "authentication failed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_sample_teacher_compressed_and_verified_on_the_device(sshd: LoopbackSshd, tmp_path):
+    """The issue's command: the MNIST sample for x86-cpu, quantized (minutes), verified over SSH."""
+    out = tmp_path / "run"
+    teacher = Path(__file__).resolve().parents[1] / "samples" / "mnist" / "teacher.pt2"
+    result = _compress("--target", "x86-cpu", teacher, "--calib", "mnist", "--out", out, "--quiet",
+                       "--device", sshd.url(PYTHON))
+    assert result.returncode == 0, result.stderr
+    verify = next(p for p in json.loads((out / "report.json").read_text())["passes"] if p["name"] == "verify")["metrics"]
+    d = verify["device_latency"]
+    assert d["measured_on"]["ssh_connection"].split()[-1] == str(sshd.port)
+    assert d["comparison"]["b_over_a"] == pytest.approx(d["engine"]["median_ms"] / d["fp32_onnx"]["median_ms"])

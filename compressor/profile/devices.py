@@ -86,6 +86,10 @@ class Device:
             raise CompressError(self._failure(rc, err, job, argv[0]))
         return JobResult(out, err, files)
 
+    def check(self) -> None:
+        """Raise now for a device that cannot run jobs (refused, unreachable, key refused)."""
+        self.run(Job({}, ["true"], timeout_s=30))
+
     def _check_transport(self, done: subprocess.CompletedProcess) -> None:
         """Raise for a failed connection (devices reached over a network)."""
 
