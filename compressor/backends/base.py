@@ -14,6 +14,7 @@ A new engine subclasses Backend, sets its class attributes and registers an inst
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -85,11 +86,17 @@ class Backend:
         a name ("batch", "sequence"). For `compress profile`'s example inputs."""
         raise CompressError(f"the {self.name} backend cannot list its engine's inputs")
 
+    # "module:attribute" of this engine kind's profiler (compressor.profile.profiler.EngineProfiler:
+    # latency and per-layer times here or on a device), imported on first use; "" for none
+    profiler_ref: str = ""
+
     def profiler(self):
-        """This engine kind's profiler (a compressor.profile.profiler.EngineProfiler: latency and
-        per-layer times here or on a device, for `compress profile` and `compress --device`), or
-        None where it has none."""
-        return None
+        """This engine kind's profiler, for `compress profile` and verify's per-layer times and
+        `--device`; None where it has none."""
+        if not self.profiler_ref:
+            return None
+        module, attribute = self.profiler_ref.split(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def opens(self, path: Path) -> bool:
         return Path(path).suffix in self.suffixes

@@ -53,6 +53,7 @@ class OnnxruntimeBackend(Backend):
     """The ONNX file is the engine, run here with every optimization (integer kernels included)."""
 
     name = "onnxruntime"
+    profiler_ref = "compressor.profile.ort:PROFILER"
     suffixes = (".onnx",)
     runs_on_host = True
     fp32_onnx_baseline = True
@@ -63,11 +64,6 @@ class OnnxruntimeBackend(Backend):
 
     def runner(self, path: Path, threads: int | None = None) -> OrtRunner:
         return OrtRunner(path, threads)
-
-    def profiler(self):
-        from ..profile.ort import PROFILER
-
-        return PROFILER
 
     def input_specs(self, runner: OrtRunner) -> list[tuple[tuple, np.dtype]]:
         return [(tuple(i.shape), ORT_DTYPES.get(i.type, np.float32)) for i in runner.session.get_inputs()]

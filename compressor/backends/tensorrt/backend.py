@@ -32,6 +32,7 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    profiler_ref = "compressor.profile.tensorrt:PROFILER"
     suffixes = (".engine", ".plan")
     # TensorRT builds an engine only where it runs (the Jetson): one built here is timed for real
     runs_on_host = True
@@ -41,11 +42,6 @@ class TensorRTBackend(Backend):
 
     def runner(self, path: Path, threads: int | None = None) -> TrtRunner:
         return TrtRunner(path)
-
-    def profiler(self):
-        from ...profile.tensorrt import PROFILER
-
-        return PROFILER
 
     def input_specs(self, runner: TrtRunner) -> list[tuple[tuple, np.dtype]]:
         """A dynamic input at its optimization profile's `opt` shape."""
