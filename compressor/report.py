@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import write_atomic
-from .profile.report import pass_folder, device_latency_rows, device_latency_section, layer_section
+from .profile.charts import tradeoff_chart
+from .profile.report import device_latency_rows, device_latency_section, layer_section, pass_folder
+from .profile.tradeoff import tradeoff, tradeoff_section
 from .search.report import search_rows, search_section
 
 _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "optimum", "nncf")
@@ -26,6 +28,10 @@ def library_versions() -> dict[str, str]:
 
 
 def write_reports(run_dir: Path, report: dict[str, Any]) -> None:
+    report["tradeoff"] = tradeoff(report)  # pruned or searched runs: accuracy vs latency, and its chart
+    if report["tradeoff"]:
+        t = report["tradeoff"]
+        tradeoff_chart(t["points"], run_dir / t["chart"], "accuracy vs latency", t["x"], t["metric"])
     write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_atomic(run_dir / "report.md", markdown(report))
 
@@ -246,6 +252,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += search_section(_pass_metrics(report, "search"), next((r for r in report.get("passes", [])
                                                                    if r["name"] == "search"), {}))
     lines += _prune_section(report)
+    lines += tradeoff_section(report.get("tradeoff"))
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
         lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",

@@ -190,7 +190,8 @@ class VerifyPass(Pass):
         sample = [x[:1].numpy() for x in data.holdout]
         if check.timed or device.remote:  # here the C engine is timed in its lower pass
             baseline = None
-            if precision != "fp32" and check.fp32_baseline:
+            # the teacher's FP32 engine, unless the engine is the teacher itself in FP32
+            if check.fp32_baseline and (precision != "fp32" or source is not ctx.reference):
                 baseline, why = fp32_baseline(ctx, workdir)
                 if why:
                     metrics["fp32_onnx_baseline_error"] = why

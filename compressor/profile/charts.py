@@ -32,33 +32,33 @@ def layer_chart(layers: list[dict], path: Path, title: str, top: int = 30) -> No
     _save(image, path)
 
 
-def tradeoff_chart(points: list[dict], path: Path, title: str, metric: str) -> None:
-    """One dot per model ({"label", "latency_ms", "metric"}), latency on x, the metric on y, joined
-    in the order given (teacher, intermediate, final)."""
+def tradeoff_chart(points: list[dict], path: Path, title: str, x_label: str, metric: str) -> None:
+    """One dot per model ({"label", "time_vs_teacher", "metric"}), time on x (from 0), the metric on
+    y, joined in the order given (teacher, intermediate, final); the last one red."""
     from PIL import Image, ImageDraw
 
-    width, height, pad = 640, 420, 60
-    xs, ys = [p["latency_ms"] for p in points], [p["metric"] for p in points]
-    x0, x1, y0, y1 = 0.0, max(xs) * 1.1, min(ys) - 0.01, max(ys) + 0.01
-    sx, sy = (width - 2 * pad) / ((x1 - x0) or 1), (height - 2 * pad) / ((y1 - y0) or 1)
+    width, height, pad = 720, 420, 60
+    xs, ys = [p["time_vs_teacher"] for p in points], [p["metric"] for p in points]
+    x1, y0, y1 = max(xs) * 1.15, min(ys) - 0.01, max(ys) + 0.01
+    sx, sy = (width - 2 * pad) / (x1 or 1), (height - 2 * pad) / ((y1 - y0) or 1)
 
     def at(p: dict) -> tuple[float, float]:
-        return pad + (p["latency_ms"] - x0) * sx, height - pad - (p["metric"] - y0) * sy
+        return pad + p["time_vs_teacher"] * sx, height - pad - (p["metric"] - y0) * sy
 
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     draw.text((pad, 10), title, fill="black")
     draw.line([(pad, height - pad), (width - pad, height - pad)], fill="black")
     draw.line([(pad, pad), (pad, height - pad)], fill="black")
-    draw.text((width // 2 - 60, height - pad + 20), "latency, ms per inference", fill="black")
+    draw.text((pad, height - pad + 22), x_label, fill="black")
     draw.text((pad, height - pad + 4), "0", fill="black")
-    draw.text((width - pad - 40, height - pad + 4), f"{x1:.3g}", fill="black")
+    draw.text((width - pad - 40, height - pad + 4), f"{x1:.3g}x", fill="black")
     draw.text((4, pad - 16), f"{metric} {y1:.4g}", fill="black")
     draw.text((4, height - pad - 12), f"{y0:.4g}", fill="black")
     line = [at(p) for p in points]
     if len(line) > 1:
         draw.line(line, fill=(170, 170, 170), width=1)
-    for p, (x, y) in zip(points, line):
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40) if p is points[-1] else (70, 130, 180))
-        draw.text((x + 6, y - 14), f"{p['label']} ({p['latency_ms']:.3g} ms, {p['metric']:.4g})", fill="black")
+    for i, (p, (x, y)) in enumerate(zip(points, line)):
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=(214, 39, 40) if i == len(points) - 1 else (70, 130, 180))
+        draw.text((x + 6, y - 14), f"{p['label']} ({p['time_vs_teacher']:.2f}x, {p['metric']:.4g})", fill="black")
     _save(image, path)
