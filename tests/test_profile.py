@@ -128,6 +128,24 @@ def test_ssh_failures_are_one_line_errors_with_exit_2(onnx_engines, sshd: Loopba
         assert "onnxruntime" in result.output
 
 
+def test_a_device_that_never_answers_times_out_in_one_line(onnx_engines, tmp_path):
+    import shutil
+    import socket
+
+    if not shutil.which("ssh"):
+        pytest.skip("no ssh client (apt-get install -y openssh-client)")
+    wide, _ = onnx_engines
+    with socket.socket() as silent:  # accepts the TCP connection, never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        config = tmp_path / "ssh_config"
+        config.write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n")
+        result = _profile(wide, "--device", f"ssh://127.0.0.1:{port}?connect_timeout=1&ssh_config={config}")
+    assert result.exit_code == 2 and "connection timed out (no answer in 1 s)" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def _has_onnxruntime(python: str) -> bool:
     import subprocess
 
@@ -188,6 +206,14 @@ def test_c_engine_on_a_device_over_ssh_needs_no_python(c_engine, sshd: LoopbackS
     report = json.loads(result.output)
     assert report["measured_on"]["ssh_connection"].split()[-1] == str(sshd.port)
     assert report["engines"][0]["layers"][0]["ms"] >= 0
+    # parity on the device: the outputs computed there are the host build's, bit for bit
+    from compressor.backends.cengine import run_engine
+    from compressor.profile.cengine import PROFILER
+    from compressor.profile.devices import open_device
+
+    x = np.random.default_rng(1).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    y, ran = PROFILER.outputs(c_engine, [x], open_device(sshd.url("/nonexistent/python3")))
+    assert np.array_equal(y, run_engine(c_engine, x)) and ran["ssh_connection"].split()[-1] == str(sshd.port)
 
 
 def test_tensorrt_plan_per_layer(tmp_path):

@@ -28,7 +28,8 @@ PROFILE_MAIN = r"""/* runner.c of the profiling build (compress profile): the en
  *   runner prof IN RUNS WARMUP LAYER_RUNS   time RUNS inferences of the first sample, then LAYER_RUNS with
  *                                          a clock read after every kernel; JSON on stdout
  *   runner count IN                        one inference with a bare call of ce_trace after every kernel
- *                                          (the qemu plugin notes the instruction count at each) */
+ *                                          (the qemu plugin notes the instruction count at each)
+ *   runner outputs IN OUT                  every sample of IN, raw float32 outputs to OUT (parity on a device) */
 #define _DEFAULT_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,7 +128,25 @@ int main(int argc, char **argv)
         printf("}\n");
         return 0;
     }
-    fprintf(stderr, "usage: %%s prof IN RUNS WARMUP LAYER_RUNS | count IN\n", argv[0]);
+    if (argc == 4 && !strcmp(argv[1], "outputs")) {
+        FILE *f = fopen(argv[2], "rb"), *o = fopen(argv[3], "wb");
+        unsigned char *rec = (unsigned char *)malloc(%(up)s_INPUTS_BYTES);
+        if (!f || !o) { perror("outputs"); return 2; }
+        for (k = 0; k < %(up)s_N_INPUTS; k++) ins[k] = malloc((size_t)in_bytes[k] + 64);
+        while (fread(rec, 1, %(up)s_INPUTS_BYTES, f) == %(up)s_INPUTS_BYTES) {
+            long off = 0;
+            for (k = 0; k < %(up)s_N_INPUTS; k++) { memcpy(ins[k], rec + off, (size_t)in_bytes[k]); off += in_bytes[k]; }
+            run();
+            fwrite(out, sizeof(float), %(up)s_OUTPUT_SIZE, o);
+        }
+        fclose(f);
+        fclose(o);
+        printf("{");
+        identity();
+        printf("}\n");
+        return 0;
+    }
+    fprintf(stderr, "usage: %%s prof IN RUNS WARMUP LAYER_RUNS | count IN | outputs IN OUT\n", argv[0]);
     return 2;
 }
 """
@@ -258,6 +277,26 @@ class CEngineProfiler(EngineProfiler):
                     layer["instructions"] = c
                 entry["instructions"] = sum(counts)
         return entry, run
+
+
+    def outputs(self, engine: Path, arrays: list[np.ndarray], device: Device,
+                batch: int = 64) -> tuple[np.ndarray, dict]:
+        engine_dir = engine if engine.is_dir() else engine.parent
+        meta = engine_meta(engine_dir)
+        arch = self._arch(device)
+        binary = profiling_build(engine_dir, arch)
+        prefix = engine_toolchain(engine_dir).emulator_command("runner", arch)[:-1] if device.emulated else []
+        records, n = pack_inputs(meta, arrays if len(arrays) > 1 else arrays[0])
+        with tempfile.TemporaryDirectory() as tmp:
+            records.tofile(Path(tmp, "in.bin"))
+            done = device.run(Job({"runner": binary, "in.bin": Path(tmp, "in.bin")},
+                                  [*prefix, "./runner", "outputs", "in.bin", "out.bin"], fetch=["out.bin"],
+                                  needs="the C engine's runner"))
+        y = np.frombuffer(done.files.get("out.bin", b""), np.float32)
+        shape = (n,) + tuple(meta["output"]["shape"][1:])
+        if y.size != int(np.prod(shape)):
+            raise CompressError(f"{device.label}: the C engine wrote {y.size} outputs, expected {int(np.prod(shape))}")
+        return y.reshape(shape), _stdout_json(done.stdout, device)
 
 
 def _layer_instructions(seq: list[int], stderr: str, n_ops: int) -> list[int]:

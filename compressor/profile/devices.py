@@ -28,6 +28,7 @@ from ..errors import CompressError
 # "missing-runtime NAME: HOW TO INSTALL" on stderr)
 MISSING_RUNTIME_EXIT = 17
 CONNECT_TIMEOUT_S = 10
+SSH_OPTIONS = ("python", "identity", "ssh_config", "arch", "connect_timeout")
 
 
 @dataclass
@@ -119,9 +120,9 @@ class QemuDevice(Device):
 
 
 class SshDevice(Device):
-    """ssh://[user@]host[:port][?python=PATH&identity=KEY&ssh_config=FILE&arch=ARCH]; host may be an
-    alias of the ssh config. Password prompts are off (BatchMode): keys or an agent only. `arch`: the
-    C engine build the device runs (host, rv64gc, rv64gcv; default host)."""
+    """ssh://[user@]host[:port][?python=PATH&identity=KEY&ssh_config=FILE&arch=ARCH&connect_timeout=S];
+    host may be an alias of the ssh config. Password prompts are off (BatchMode): keys or an agent
+    only. `arch`: the C engine build the device runs (host, rv64gc, rv64gcv; default host)."""
 
     scheme = "ssh"
     remote = True
@@ -131,18 +132,21 @@ class SshDevice(Device):
         if not parts.hostname:
             raise CompressError(f"--device {url}: no host; expected ssh://[user@]host[:port]")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = sorted(set(query) - {"python", "identity", "ssh_config", "arch"})
+        unknown = sorted(set(query) - set(SSH_OPTIONS))
         if unknown:
-            raise CompressError(f"--device {url}: unknown option(s) {', '.join(unknown)}; "
-                                "known: python, identity, ssh_config, arch")
+            raise CompressError(f"--device {url}: unknown option(s) {', '.join(unknown)}; known: {', '.join(SSH_OPTIONS)}")
         self.arch = query.get("arch")
+        try:
+            self.connect_timeout = int(query.get("connect_timeout", CONNECT_TIMEOUT_S))
+        except ValueError:
+            raise CompressError(f"--device {url}: connect_timeout must be whole seconds") from None
         try:
             self.port = parts.port
         except ValueError:
             raise CompressError(f"--device {url}: the port is not a number") from None
         self.user, self.host = parts.username, parts.hostname
         self.python = query.get("python", "python3")
-        self.options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT_S}"]
+        self.options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}"]
         if "ssh_config" in query:
             self.options += ["-F", query["ssh_config"]]
         if "identity" in query:
@@ -158,11 +162,11 @@ class SshDevice(Device):
         destination = f"{self.user}@{self.host}" if self.user else self.host
         command = ["ssh", *self.options, destination, "sh -c " + shlex.quote(script)]
         try:
-            return subprocess.run(command, input=stdin, capture_output=True, timeout=timeout_s + CONNECT_TIMEOUT_S)
+            return subprocess.run(command, input=stdin, capture_output=True, timeout=timeout_s + self.connect_timeout)
         except FileNotFoundError:
             raise CompressError("--device ssh://... needs the ssh client here: apt-get install openssh-client") from None
         except subprocess.TimeoutExpired:
-            raise CompressError(f"{self.label}: timed out after {timeout_s + CONNECT_TIMEOUT_S:.0f} s") from None
+            raise CompressError(f"{self.label}: timed out after {timeout_s + self.connect_timeout:.0f} s") from None
 
     def _check_transport(self, done: subprocess.CompletedProcess) -> None:
         if done.returncode != 255:  # ssh's own failures; anything else is the remote command's
@@ -170,13 +174,13 @@ class SshDevice(Device):
         err = done.stderr.decode(errors="replace")
         for pattern, why in _SSH_FAILURES:
             if re.search(pattern, err, re.IGNORECASE):
-                raise CompressError(f"{self.label}: {why}")
+                raise CompressError(f"{self.label}: {why.format(timeout=self.connect_timeout)}")
         raise CompressError(f"{self.label}: ssh failed: {_last_line(err)}")
 
 
 _SSH_FAILURES = (
     (r"connection refused", "connection refused (no SSH server on that port?)"),
-    (r"timed out", f"connection timed out (no answer in {CONNECT_TIMEOUT_S} s)"),
+    (r"timed out", "connection timed out (no answer in {timeout} s)"),
     (r"permission denied", "authentication failed (the key was refused; password prompts are off: "
                            "use a key, ?identity=KEY, or an agent)"),
     (r"could not resolve hostname|name or service not known", "unknown host (not in DNS or the ssh config)"),
