@@ -91,6 +91,8 @@ def test_profile_errors_are_one_line(onnx_engines, tmp_path):
     bad = tmp_path / "model.tflite"
     bad.write_bytes(b"x")
     for args, words in (([bad], "unknown engine type"), ([wide, "--device", "ftp://x"], "unknown device"),
+                        ([wide, "--device", "qemu"], "runs here or on a device"),
+                        ([wide, "--device", "ssh://h?pyhton=x"], "unknown option(s) pyhton"),
                         ([tmp_path / "none.onnx"], "file not found")):
         result = _profile(*args)
         assert result.exit_code == 2 and words in result.output, result.output

@@ -7,6 +7,9 @@ single thread and all threads, side by side in one process (profile.latency). Th
 says how its lowered artifact runs here and how the report labels it (Backend.verification); a
 quantized engine of a backend that asks for it (onnxruntime) is also timed against the teacher
 exported to FP32 ONNX in the same runtime: what int8 buys over exporting the model as it is.
+With `device` (`compress --device ssh://...`), the engine's outputs and its time against the
+teacher's FP32 engine (alternately, one process) are measured on that device by the backend's
+profiler (profile.on_device); every run adds the engine's time per layer from that profiler.
 """
 from __future__ import annotations
 

@@ -222,6 +222,7 @@ def _stdout_json(text: str, device: Device) -> dict:
 
 class CEngineProfiler(EngineProfiler):
     kind = "cengine"
+    emulates = True
 
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
         result: dict = {"engines": []}

@@ -31,12 +31,19 @@ def profiler_for(paths: list[Path]) -> EngineProfiler:
     return profiler
 
 
+def check_device(profiler: EngineProfiler, device: Device) -> None:
+    if device.emulated and not profiler.emulates:
+        raise CompressError(f"--device {device.scheme} runs C engines' RISC-V builds under qemu-user; a {profiler.kind} "
+                            "engine runs here or on a device (ssh://...)")
+
+
 def profile_engines(paths: list[Path], settings: Settings, device: Device | str | None = None) -> dict:
     """Statistics of each engine (median/p90/p99/min ms, throughput), its layers in execution
     order, the measuring process's peak memory, host and pid; with two engines, B's time over A's."""
     paths = [Path(p) for p in paths]
     device = device if isinstance(device, Device) else open_device(device)
     profiler = profiler_for(paths)
+    check_device(profiler, device)
     raw = profiler.profile(paths, settings, device)
     engines = []
     for entry in raw["engines"]:

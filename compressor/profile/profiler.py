@@ -40,6 +40,7 @@ class EngineProfiler:
     parity checks there); a profiler without it cannot verify on a device."""
 
     kind = ""
+    emulates = False  # runs builds for another ISA under the host's emulator (--device qemu)
 
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
         raise NotImplementedError
