@@ -14,6 +14,7 @@ from ..errors import CompressError
 from .devices import Device, open_device
 from .latency import ratio_with_noise, speed_verdict, summarize
 from .profiler import EngineProfiler, Settings
+from .runner_profiler import RunnerProfiler
 
 
 def profiler_for(paths: list[Path]) -> EngineProfiler:
@@ -25,10 +26,7 @@ def profiler_for(paths: list[Path]) -> EngineProfiler:
     if len({b.name for b in backends}) > 1:
         raise CompressError(f"engines of different kinds ({', '.join(b.name for b in backends)}) do not run in one "
                             "process: compare engines of one runtime")
-    profiler = backends[0].profiler()
-    if profiler is None:
-        raise CompressError(f"the {backends[0].name} backend has no profiler")
-    return profiler
+    return backends[0].profiler() or RunnerProfiler(backends[0])
 
 
 def check_device(profiler: EngineProfiler, device: Device) -> None:
