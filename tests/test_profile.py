@@ -185,6 +185,19 @@ def test_c_engine_per_layer_timers_here(c_engine):
     assert conv["ms"] > 0 and engine["layers_total_ms"] > 0 and report["peak_rss_bytes"] > 0
 
 
+def test_two_c_engines_alternate_by_rounds_of_processes(c_engine, tmp_path):
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(c_engine, twin, ignore=shutil.ignore_patterns("build"))
+    result = _profile(c_engine, twin, "--runs", "25", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    a, b = report["engines"]
+    assert a["runs"] == b["runs"] == 25 and "5 rounds" in report["alternation"]
+    assert len(report["comparison"]["part_ratios"]) == 5
+
+
 def test_c_engine_instructions_per_layer_under_qemu(c_engine):
     from compressor.backends.cengine import compile_engine, count_instructions
     from compressor.backends.cengine.toolchain import APT_INSTALL, missing_tools

@@ -22,6 +22,7 @@ from ..backends.cengine.toolchain import (_plugin_path, engine_meta, engine_tool
                                           pack_inputs, require_tools)
 from ..errors import CompressError
 from .devices import Device, Job
+from .latency import PARTS
 from .profiler import EngineProfiler, Settings
 
 PROFILE_MAIN = r"""/* runner.c of the profiling build (compress profile): the engine with a timer after every kernel.
@@ -151,6 +152,7 @@ int main(int argc, char **argv)
 }
 """
 
+ROUNDS = PARTS  # two engines: rounds of A then B, the parts of the run a ratio's noise comes from
 ELF_EXEC = 2  # e_type of a program linked at fixed addresses (not PIE): the plugin's mark is its symbol's address
 
 
@@ -202,13 +204,13 @@ def _mark_address(binary: Path) -> str:
     return "0x" + found.group(1)
 
 
-def _sample(meta: dict, inputs: list[np.ndarray] | None, folder: Path) -> Path:
+def _sample(meta: dict, inputs: list[np.ndarray] | None, folder: Path, name: str = "in.bin") -> Path:
     if inputs is None:  # random floats, ones for integer inputs (as toolchain.host_latency_ns)
         rng = np.random.default_rng(0)
         inputs = [rng.standard_normal(int(np.prod(s["shape"]))) if s["dtype"] in ("float32", "int8")
                   else np.ones(int(np.prod(s["shape"]))) for s in input_specs(meta)]
     records, _ = pack_inputs(meta, inputs if len(inputs) > 1 else inputs[0])
-    path = folder / "in.bin"
+    path = folder / name
     records[:1].tofile(path)
     return path
 
@@ -221,19 +223,32 @@ def _stdout_json(text: str, device: Device) -> dict:
 
 
 class CEngineProfiler(EngineProfiler):
+    """Each engine is its own program, so two engines alternate by process: ROUNDS rounds of A then
+    B, each round a share of the runs (the rounds are the parts `ratio_with_noise` compares)."""
+
     kind = "cengine"
     emulates = True
 
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
-        result: dict = {"engines": []}
-        for engine in engines:
-            engine_dir = engine if engine.is_dir() else engine.parent
-            entry, run = self._one(engine_dir, settings, device)
-            entry["engine"] = str(engine)
-            result["engines"].append(entry)
-            result.update({k: run.get(k) for k in ("host", "pid", "peak_rss_bytes", "ssh_connection")})
         arch = self._arch(device)
-        result["runtime"] = f"C engine ({arch} build" + (", qemu-user)" if device.emulated else ")")
+        dirs = [e if e.is_dir() else e.parent for e in engines]
+        binaries = [profiling_build(d, arch) for d in dirs]
+        rounds = ROUNDS if len(engines) > 1 else 1
+        result: dict = {"engines": [], "runtime": f"C engine ({arch} build" + (", qemu-user)" if device.emulated else ")")}
+        if rounds > 1:
+            result["alternation"] = f"alternated in {rounds} rounds of one process per engine"
+        with tempfile.TemporaryDirectory() as tmp:
+            samples = [_sample(engine_meta(d), settings.inputs, Path(tmp), f"in{i}.bin") for i, d in enumerate(dirs)]
+            runs: list[list[dict]] = [[] for _ in engines]
+            for r, share in enumerate(np.array_split(np.arange(settings.runs), rounds)):
+                layer_runs = settings.per_layer_runs if r == rounds - 1 else 0
+                for i, (d, binary, sample) in enumerate(zip(dirs, binaries, samples)):
+                    runs[i].append(self._run(d, binary, sample, arch, device, len(share), settings.warmup, layer_runs))
+            for engine, d, binary, sample, engine_runs in zip(engines, dirs, binaries, samples, runs):
+                counts = (self._count(d, binary, sample, arch, device)
+                          if device.emulated and settings.per_layer_runs else None)
+                result["engines"].append(self._entry(engine, d, arch, engine_runs, counts))
+                result.update({k: engine_runs[-1].get(k) for k in ("host", "pid", "peak_rss_bytes", "ssh_connection")})
         if device.emulated:
             result["timing_note"] = ("times under qemu-user emulation are not device times; the instruction "
                                      "counts are exact for the rv64gcv build")
@@ -243,42 +258,44 @@ class CEngineProfiler(EngineProfiler):
     def _arch(self, device: Device) -> str:
         return "rv64gcv" if device.emulated else getattr(device, "arch", None) or "host"
 
-    def _one(self, engine_dir: Path, settings: Settings, device: Device) -> tuple[dict, dict]:
+    def _prefix(self, engine_dir: Path, arch: str, device: Device) -> list[str]:
+        return engine_toolchain(engine_dir).emulator_command("runner", arch)[:-1] if device.emulated else []
+
+    def _run(self, engine_dir: Path, binary: Path, sample: Path, arch: str, device: Device, runs: int, warmup: int,
+             layer_runs: int) -> dict:
+        argv = [*self._prefix(engine_dir, arch, device), "./runner", "prof", "in.bin", str(runs), str(warmup),
+                str(layer_runs)]
+        done = device.run(Job({"runner": binary, "in.bin": sample}, argv, needs="the C engine's runner"))
+        return _stdout_json(done.stdout, device)
+
+    def _count(self, engine_dir: Path, binary: Path, sample: Path, arch: str, device: Device) -> list[int]:
+        """Instructions per kernel: one inference under qemu with the plugin marking every ce_trace call."""
+        plugin = _plugin_path(engine_dir)
+        if plugin is None:
+            raise CompressError("per-layer instruction counts need the qemu plugin, which did not build "
+                                "(a host C compiler is needed)")
+        prefix = self._prefix(engine_dir, arch, device)
+        argv = [*prefix[:1], "-plugin", f"./libinsncount.so,mark={_mark_address(binary)}", *prefix[1:],
+                "./runner", "count", "in.bin"]
+        files = {"runner": binary, "in.bin": sample, "libinsncount.so": plugin}
+        done = device.run(Job(files, argv, needs=engine_toolchain(engine_dir).emulator_program))
+        seq = _stdout_json(done.stdout, device)["seq"]
+        return _layer_instructions(seq, done.stderr, engine_meta(engine_dir)["n_ops"])
+
+    def _entry(self, engine: Path, engine_dir: Path, arch: str, runs: list[dict], counts: list[int] | None) -> dict:
         meta = engine_meta(engine_dir)
-        arch = self._arch(device)
-        binary = profiling_build(engine_dir, arch)
-        toolchain = engine_toolchain(engine_dir)
-        prefix = toolchain.emulator_command("runner", arch)[:-1] if device.emulated else []
-        with tempfile.TemporaryDirectory() as tmp:
-            sample = _sample(meta, settings.inputs, Path(tmp))
-            files = {"runner": binary, "in.bin": sample}
-            argv = [*prefix, "./runner", "prof", "in.bin", str(settings.runs), str(settings.warmup),
-                    str(settings.per_layer_runs)]
-            run = _stdout_json(device.run(Job(files, argv, needs="the C engine's runner")).stdout, device)
-            counts = None
-            if device.emulated and settings.per_layer_runs:
-                plugin = _plugin_path(engine_dir)
-                if plugin is None:
-                    raise CompressError("per-layer instruction counts need the qemu plugin, which did not build "
-                                        "(a host C compiler is needed)")
-                files["libinsncount.so"] = plugin
-                argv = [*prefix[:1], "-plugin", f"./libinsncount.so,mark={_mark_address(binary)}", *prefix[1:],
-                        "./runner", "count", "in.bin"]
-                done = device.run(Job(files, argv, needs=toolchain.emulator_program))
-                counts = _layer_instructions(_stdout_json(done.stdout, device)["seq"], done.stderr, meta["n_ops"])
-        layers_meta = meta.get("layers") or [{"kind": "op", "node": f"#{i}"} for i in range(meta["n_ops"])]
-        entry = {"times_ms": [t / 1e6 for t in run["times_ns"]], "arch": arch,
+        entry = {"engine": str(engine), "times_ms": [t / 1e6 for run in runs for t in run["times_ns"]], "arch": arch,
                  "input_shapes": [list(s["shape"]) for s in input_specs(meta)]}
-        if settings.per_layer_runs:
-            n = max(1, run["layer_runs"])
-            entry["layers"] = [{"name": m["node"] or f"#{i}", "op": m["kind"], "ms": ns / n / 1e6}
-                               for i, (m, ns) in enumerate(zip(layers_meta, run["layer_ns"]))]
+        last = runs[-1]
+        if last["layer_runs"]:
+            layers_meta = meta.get("layers") or [{"kind": "op", "node": f"#{i}"} for i in range(meta["n_ops"])]
+            entry["layers"] = [{"name": m["node"] or f"#{i}", "op": m["kind"], "ms": ns / last["layer_runs"] / 1e6}
+                               for i, (m, ns) in enumerate(zip(layers_meta, last["layer_ns"]))]
             if counts is not None:
                 for layer, c in zip(entry["layers"], counts):
                     layer["instructions"] = c
                 entry["instructions"] = sum(counts)
-        return entry, run
-
+        return entry
 
     def outputs(self, engine: Path, arrays: list[np.ndarray], device: Device,
                 batch: int = 64) -> tuple[np.ndarray, dict]:

@@ -52,7 +52,7 @@ def profile_engines(paths: list[Path], settings: Settings, device: Device | str 
     result = {"device": device.label, "remote": device.remote, "emulated": device.emulated, "kind": profiler.kind,
               "measured_on": {k: raw.get(k) for k in ("host", "pid", "ssh_connection")}, "runtime": raw.get("runtime"),
               "threads": settings.threads, "peak_rss_bytes": raw.get("peak_rss_bytes"), "engines": engines}
-    for key in ("instructions_note", "timing_note"):
+    for key in ("instructions_note", "timing_note", "alternation"):
         if key in raw:
             result[key] = raw[key]
     if len(engines) == 2:
@@ -103,7 +103,8 @@ def table(result: dict, top: int = 15) -> str:
         c = result["comparison"]
         words = {"faster": "B is faster", "slower": "B is SLOWER", "same": "no difference beyond the noise"}
         lines.append(f"B / A time: {c['b_over_a']:.3f}x (noise +-{c['noise']:.3f} over {len(c['part_ratios'])} "
-                     f"parts of the run, alternated in one process): {words[c['verdict']]}")
+                     f"parts of the run, {result.get('alternation', 'alternated in one process')}): "
+                     f"{words[c['verdict']]}")
     return "\n".join(lines)
 
 
