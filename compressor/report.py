@@ -50,6 +50,9 @@ def _engine_agreement(parity: dict[str, Any], task: str) -> str:
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
             ("target", f"{report['target']['name']} ({report['target']['backend']})")]
+    calibration = report.get("calibration", {})
+    if calibration.get("data_source", "real") != "real":  # said first: what every number below rests on
+        rows.append(("data", calibration["in_words"]))
     rows += _size_rows(report)
     rows += search_rows(_pass_metrics(report, "search"))
     rows += _prune_rows(_pass_metrics(report, "prune"))
