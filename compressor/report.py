@@ -64,6 +64,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      f"QAD {q['qad_metric']:.4f}; {int8} layers int8, "
                      f"{len(q['kept_float'])} kept {q['keep_float_dtype']}, {len(q['float_ops'])} float ops"))
         rows += _kept_float_rows(q)
+        eq = q.get("equalization", {})
+        if eq.get("pairs"):
+            rows.append(("cross-layer equalization", f"{eq['pairs']} layer pairs, {'kept' if eq['applied'] else 'NOT kept'}: "
+                         f"PTQ validation divergence {eq['without']['val_divergence']:.3g} without, "
+                         f"{eq['with_equalization']['val_divergence']:.3g} with"))
     low = _pass_metrics(report, "lower")
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))
