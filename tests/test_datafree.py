@@ -137,15 +137,17 @@ def test_datafree_run_finishes_and_says_no_real_data_was_used(datafree_run):
     assert verify["labels"] is False and verify["holdout_samples"] == 64  # agreement with the teacher, not labels
     quantize = next(p for p in report["passes"] if p["name"] == "quantize")["metrics"]
     assert quantize["equalization"]["pairs"] == 1 and "applied" in quantize["equalization"]
+    assert len(quantize["qad_history"]) == 2  # QAD trained an epoch on the synthetic set, without labels
     assert "no real data was used" in (result.run_dir / "report.md").read_text()
 
 
-def test_calib_with_real_data_wins(trained_res, datafree_run, tmp_path):
-    _, config = datafree_run
+def test_calib_with_real_data_wins(trained_res, tmp_path):
     from compressor.datasets.mnist import load_mnist_split
 
     x, y, _, _ = load_mnist_split(seed=0)
-    np.savez(tmp_path / "digits.npz", x=x[:160], y=y[:160])
+    np.savez(tmp_path / "digits.npz", x=x[:800], y=y[:800])
+    config = tmp_path / "quantize.toml"
+    config.write_text('passes = ["quantize"]\n[quantize]\nepochs = 0\nsensitivity_samples = 16\nobserver = "minmax"\n')
     result = run(trained_res, "x86-cpu", str(tmp_path / "digits.npz"),
                  RunOptions(out=tmp_path / "run", config=config, quiet=True, datafree=FAST))
     report = result.report
