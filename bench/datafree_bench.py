@@ -72,7 +72,8 @@ def _run(model, kind: str, calib: str | None, target: str, work: Path, resume: b
     return row
 
 
-def mnist(targets: list[str], work: Path, resume: bool, kinds: list[str], shared: Path | None) -> tuple[list[dict], list]:
+def mnist(targets: list[str], work: Path, resume: bool, kinds: list[str], shared: Path | None,
+          collect: bool = False) -> tuple[list[dict], list]:
     real = load_calibration(load_recipe("mnist"), load_model(TEACHER).spec)
     labels = real.holdout_labels.numpy()
     recipe = work / "mnist256.toml"
@@ -86,18 +87,22 @@ def mnist(targets: list[str], work: Path, resume: bool, kinds: list[str], shared
         for kind, calib in (("real", str(recipe)), ("datafree", None), ("random", str(noise))):
             if kind not in kinds:
                 continue
-            row = _run(TEACHER, kind, calib, target, work, resume, shared if kind == "datafree" else None)
+            if collect and not (work / f"{target}-{kind}" / "report.json").is_file():
+                log(f"[{target} {kind}] not finished: left out")
+                continue
+            row = _run(TEACHER, kind, calib, target, work, resume or collect, shared if kind == "datafree" else None)
             if kind == "datafree":
                 shared = Path(row["out"])
             row["top1_real"] = float((_engine_outputs(Path(row["engine"]), real.holdout).argmax(1) == labels).mean())
             rows.append(row)
         by = {r["kind"]: r for r in rows if r["target"] == target}
-        if len(by) < len(KINDS):
+        if not {"real", "datafree"} <= set(by):
             continue
         gap = by["real"]["top1_real"] - by["datafree"]["top1_real"]
         criteria.append((f"{target}: data-free within 1 point of real-data calibration", gap <= 0.01,
                          f"real {by['real']['top1_real']:.4f}, data-free {by['datafree']['top1_real']:.4f}, "
-                         f"random {by['random']['top1_real']:.4f} (teacher FP32 {teacher_top1:.4f})"))
+                         f"random {by['random']['top1_real']:.4f}" if "random" in by else "random not run")
+                         + f" (teacher FP32 {teacher_top1:.4f})"))
     return rows, criteria, teacher_top1
 
 
@@ -132,8 +137,8 @@ def table(rows: list[dict], targets: list[str], teacher_top1: float) -> str:
                         ("random", "plain random, uniform [0, 1]")):
         by = {r["target"]: r for r in rows if r["kind"] == kind and "top1_real" in r}
         seconds = next((r["calibration"].get("synthesis_seconds") for r in by.values()), None)
-        lines.append({"label": label, "cells": [f"{by[t]['top1_real']:.1%}" for t in targets]
-                      + [", ".join(f"{t} {by[t]['status']}" for t in targets), f"{seconds:.0f}" if seconds else ""]})
+        lines.append({"label": label, "cells": [f"{by[t]['top1_real']:.1%}" if t in by else "not run" for t in targets]
+                      + [", ".join(f"{t} {by[t]['status']}" for t in targets if t in by), f"{seconds:.0f}" if seconds else ""]})
     return markdown_table(head, lines, lambda r: r["cells"])
 
 
@@ -145,6 +150,7 @@ def main() -> int:
     parser.add_argument("--resume", action="store_true", help="reuse the finished runs of a kept work folder")
     parser.add_argument("--kinds", default=",".join(KINDS), help="run only these (a partial run writes no result file)")
     parser.add_argument("--share", type=Path, default=None, help="a data-free run folder whose synthesis to reuse")
+    parser.add_argument("--collect", action="store_true", help="only gather the finished runs of --keep DIR")
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -152,7 +158,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        rows, criteria, teacher_top1 = mnist(targets, work, args.resume, kinds, args.share)
+        rows, criteria, teacher_top1 = mnist(targets, work, args.resume, kinds, args.share, args.collect)
         if set(kinds) != set(KINDS):
             log(f"partial run ({', '.join(kinds)}): " + "; ".join(f"{r['target']} {r['kind']} top-1 {r['top1_real']:.4f}"
                                                                   for r in rows))
