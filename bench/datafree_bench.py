@@ -101,7 +101,7 @@ def mnist(targets: list[str], work: Path, resume: bool, kinds: list[str], shared
         gap = by["real"]["top1_real"] - by["datafree"]["top1_real"]
         criteria.append((f"{target}: data-free within 1 point of real-data calibration", gap <= 0.01,
                          f"real {by['real']['top1_real']:.4f}, data-free {by['datafree']['top1_real']:.4f}, "
-                         f"random {by['random']['top1_real']:.4f}" if "random" in by else "random not run")
+                         + (f"random {by['random']['top1_real']:.4f}" if "random" in by else "random not run")
                          + f" (teacher FP32 {teacher_top1:.4f})"))
     return rows, criteria, teacher_top1
 
