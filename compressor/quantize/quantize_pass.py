@@ -25,9 +25,9 @@ from .graph import fold_batchnorm, insert_fake_quants
 from .observers import OBSERVERS
 from .qad import quantization_aware_distill
 from .scheme import QuantScheme
-
-EQUALIZE = ("auto", "on", "off")
 from .sensitivity import analyse
+
+EQUALIZE = ("auto", "on", "off")  # quantize.equalize: cross-layer equalisation
 
 
 @dataclass
