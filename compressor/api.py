@@ -13,6 +13,7 @@ import torch
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
+from .datafree import DataFreeConfig, choose_method, data_source, data_source_words, synthesize
 from .errors import CompressError, Interrupted, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
@@ -52,6 +53,7 @@ class RunOptions:
     quiet: bool = False
     load: LoadOptions = field(default_factory=LoadOptions)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # pass -> options, over --config
+    datafree: DataFreeConfig = field(default_factory=DataFreeConfig)  # the synthesis when --calib is absent
 
 
 def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib: str | None = None,
@@ -96,17 +98,21 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
 
     started = time.time()
     reference = _load(model, options.load)
-    data = _calibration(calib, reference, model)
-    needy = [p.name for p in passes if p.needs_calibration]
-    if needy and calib is None:
-        raise CompressError(f"pass '{needy[0]}' needs real calibration data: give --calib NAME|PATH "
-                            "(recipes are in calibration/; --passes export,verify skips quantization)")
+    model_path = Path(model) if isinstance(model, (str, Path)) else None
+    # without --calib, passes that need representative inputs get synthesised ones (data-free);
+    # real data, when given, always wins
+    synthesizer = choose_method(reference, model_path, options.datafree) if calib is None and any(
+        p.needs_calibration for p in passes) else None
+    data = _calibration(calib, reference, model) if synthesizer is None else None
     progress.log(f"loaded {reference.meta['format']} model: inputs "
                  f"{', '.join(f'{t.name} {tuple(t.shape)} {t.dtype}' for t in reference.spec.inputs)}, task {reference.spec.task}")
-    progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
 
     _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
-                                        "calibration": data.recipe, "passes": names, "version": __version__})
+                                        "calibration": data.recipe if data else f"data-free ({synthesizer.name})",
+                                        "passes": names, "version": __version__})
+    if data is None:  # after the run directory is ready: the synthesised batches are cached there
+        data = synthesize(reference, run_dir, progress, model_path, options.datafree, synthesizer)
+    progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
     ctx = RunContext(target=target, data=data, reference=reference, run_dir=run_dir, progress=progress)
     manager = PassManager(passes, ctx)
     report = _base_report(reference, target, data, names, started)
@@ -259,14 +265,12 @@ def _base_report(reference: Artifact, target: TargetProfile, data: CalibrationDa
         "target": {"name": target.name, "backend": target.backend, "profile": str(target.path)},
         "calibration": {"recipe": data.recipe, "calibration_samples": data.num_calib,
                         "holdout_samples": data.num_holdout, "labels": data.holdout_labels is not None,
-                        "fingerprint": data.fingerprint},
+                        "fingerprint": data.fingerprint, **data_source(data), "in_words": data_source_words(data)},
         "pipeline": names,
         "sizes": {"model_bytes": model_bytes, "fp32_weights_bytes": fp32_weights_bytes(reference.module)},
         "versions": library_versions(),
         "notes": ([f"the model was exported with a static batch of {reference.spec.static_batch}; "
-                   "the engine keeps that batch size"] if reference.spec.static_batch else [])
-        + (["no --calib given: verified on random inputs, so the task metric compares with the teacher only"]
-           if data.recipe == "synthetic" else []),
+                   "the engine keeps that batch size"] if reference.spec.static_batch else []),
     }
 
 

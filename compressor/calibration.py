@@ -175,8 +175,8 @@ def synthetic_calibration(spec: InputSpec, count: int = 64, seed: int = 0) -> Ca
 
     calib = example_inputs(spec, batch=count, seed=seed)
     holdout = example_inputs(spec, batch=count, seed=seed + 1)
-    fingerprint = sha256_json({"synthetic": count, "seed": seed, "spec": spec.to_json()})
-    return CalibrationData("synthetic", calib, holdout, None, fingerprint, {})
+    fingerprint = sha256_json({"random": count, "seed": seed, "spec": spec.to_json()})
+    return CalibrationData("random", calib, holdout, None, fingerprint, {"data_source": "random"})
 
 
 def check_fits(where: Path, tensors: tuple[torch.Tensor, ...], spec: InputSpec) -> None:

@@ -58,7 +58,8 @@ def _overrides(**by_pass: dict) -> dict:
                    "present), data.npy, images/ (class subfolders give labels; scaled to [0,1], resized to the "
                    "model input, grayscale for 1 channel) or sentences.txt (one per line, the model's tokenizer, "
                    "padded to 128 tokens). Data is shuffled (seed 0) into 256 calibration and up to 500 held-out "
-                   "samples, split proportionally when there are fewer. Default: random inputs.")
+                   "samples, split proportionally when there are fewer. Default: data-free, inputs synthesised from "
+                   "the model (BatchNorm statistics, or the tokenizer's vocabulary); the report says so.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None, help="Run directory [out/<model>-<target>].")
 @click.option("--passes", default=None, help="Comma-separated passes, overriding the target's pipeline.")
 @click.option("--config", type=click.Path(path_type=Path), default=None, help="Pipeline TOML: passes = [...] and a table per pass.")

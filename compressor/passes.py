@@ -58,7 +58,8 @@ class Pass:
     takes: ClassVar[tuple[str, ...]]
     returns: ClassVar[str]  # an artifact kind, or "same" for passes that check and pass through
     version: ClassVar[str] = "1"  # bump when the pass's output changes for the same input
-    needs_calibration: ClassVar[bool] = False  # refuses random inputs: checked before any work
+    # needs representative inputs, not random ones: without --calib they are synthesised (compressor.datafree)
+    needs_calibration: ClassVar[bool] = False
     needs_backend: ClassVar[bool] = False  # runs the target's engine builder: checked before any work
     Config: ClassVar[type] = EmptyConfig
 

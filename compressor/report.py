@@ -57,6 +57,9 @@ def _engine_agreement(parity: dict[str, Any], task: str) -> str:
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("status", report["status"] + (f": {report['error']}" if report.get("error") else "")),
             ("target", f"{report['target']['name']} ({report['target']['backend']})")]
+    calibration = report.get("calibration", {})
+    if calibration.get("data_source", "real") != "real":  # said first: what every number below rests on
+        rows.append(("data", calibration["in_words"]))
     rows += _size_rows(report)
     rows += search_rows(_pass_metrics(report, "search"))
     rows += _prune_rows(_pass_metrics(report, "prune"))
@@ -68,6 +71,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      f"QAD {q['qad_metric']:.4f}; {int8} layers int8, "
                      f"{len(q['kept_float'])} kept {q['keep_float_dtype']}, {len(q['float_ops'])} float ops"))
         rows += _kept_float_rows(q)
+        eq = q.get("equalization", {})
+        if eq.get("pairs"):
+            rows.append(("cross-layer equalization", f"{eq['pairs']} layer pairs, {'kept' if eq['applied'] else 'NOT kept'}: "
+                         f"PTQ validation divergence {eq['without']['val_divergence']:.3g} without, "
+                         f"{eq['with_equalization']['val_divergence']:.3g} with"))
     low = _pass_metrics(report, "lower")
     if "engine_built" in low and not low["engine_built"]:
         rows.append(("engine build", "on the device: run build_engine.sh or build_engine.py there"))

@@ -94,12 +94,6 @@ def test_run_writes_engine_report_and_resumes_from_cache(models, tmp_path, fast_
     assert third.report["engine"]["sha256"] == report["engine"]["sha256"]
 
 
-def test_quantization_without_calibration_data_is_refused_before_work(models, tmp_path):
-    with pytest.raises(CompressError, match="needs real calibration data"):
-        compress(models["pt2"], target="x86-cpu", out=tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
 def test_force_refuses_to_delete_a_folder_that_is_not_a_run(models, tmp_path):
     (tmp_path / "precious.txt").write_text("user data")
     with pytest.raises(CompressError, match="not a compress run directory"):

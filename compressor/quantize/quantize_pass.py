@@ -1,6 +1,7 @@
 """The `quantize` pass: calibrate (PTQ), analyse sensitivity, then quantization-aware distillation."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from .. import native
 from ..distill import prefer
 from ..artifacts import MODULE, Artifact
 from ..capture import to_graph_module
+from ..datafree.source import SYNTHETIC
 from ..errors import CompressError, VerificationError
 from ..evaluators import get_evaluator
 from ..distill import DistillConfig, batched_outputs, fidelity_scorer, held_out_scorer, split_validation
@@ -17,12 +19,15 @@ from ..passes import Pass, PassResult, RunContext, register
 from .bias_correction import apply_shifts, expected_shifts
 from .budget import UNMET, float_cost, keep_float
 from .calibrate import AUTO, calibrate
+from .equalize import equalize_weights
 from .fakequant import fake_quants
 from .graph import fold_batchnorm, insert_fake_quants
 from .observers import OBSERVERS
 from .qad import quantization_aware_distill
 from .scheme import QuantScheme
 from .sensitivity import analyse
+
+EQUALIZE = ("auto", "on", "off")  # quantize.equalize: cross-layer equalisation
 
 
 @dataclass
@@ -46,6 +51,9 @@ class QuantizeConfig(DistillConfig):
     accuracy_budget: float | None = None
     unmet_budget: str = "fail"  # a budget only all-float meets: "fail" (exit 3) or "keep-float" (a float engine)
     bias_correction: bool = True  # fold the weight-quantization shift into biases, kept where it helps
+    # cross-layer weight equalisation (DFQ) of Conv/Linear pairs before calibration, kept where the
+    # validation fidelity prefers it: "auto" = when the data is synthetic (no --calib), "on", "off"
+    equalize: str = "auto"
     sensitivity_samples: int = 128
     collapse_drop: float = 0.05  # fail, without an engine, when the metric drops more than this
 
@@ -53,6 +61,8 @@ class QuantizeConfig(DistillConfig):
         super().__post_init__()
         if self.observer and self.observer not in (*OBSERVERS, AUTO):
             raise ValueError(f"observer must be one of {', '.join(OBSERVERS)} or {AUTO}, got '{self.observer}'")
+        if self.equalize not in EQUALIZE:
+            raise ValueError(f"equalize must be one of {', '.join(EQUALIZE)}, got '{self.equalize}'")
         if self.unmet_budget not in UNMET:
             raise ValueError(f"unmet_budget must be one of {', '.join(UNMET)}, got '{self.unmet_budget}'")
         if self.scale_lr_factor < 0:
@@ -99,6 +109,8 @@ class QuantizePass(Pass):
         else:
             float_val_metric, input_metric = validation_score(student).metric, held_out_metric(student)
         folded = fold_batchnorm(student)
+        plain = copy.deepcopy(student) if self._equalizes(ctx) else None
+        equalization = equalize_weights(student) if plain is not None else None
         placed = insert_fake_quants(student, scheme)
         if not placed.layers:
             raise CompressError("the model has no op this target can quantize (Conv, Linear, MatMul, Add)")
@@ -109,6 +121,17 @@ class QuantizePass(Pass):
         if trials:
             ctx.progress.log("  observer " + ", ".join(f"{k} {v.metric:.4f} ({v.divergence:.3g})"
                                                        for k, v in trials.items()) + f": {observer}")
+        if equalization and equalization["pairs"]:  # measured: kept only where calibration does better with it
+            placed_plain = insert_fake_quants(plain, scheme)
+            ranges_plain = calibrate(plain, train, observer, cfg.batch, ctx.progress)[1]
+            equalized, unequalized = validation_score(student), validation_score(plain)
+            applied, why = prefer(equalized, unequalized)
+            equalization.update(applied=applied, why=why, with_equalization=equalized.as_dict(),
+                                without=unequalized.as_dict())
+            ctx.progress.log(f"  cross-layer equalization of {equalization['pairs']} layer pairs: "
+                             f"{'kept' if applied else 'not kept'} ({why})")
+            if not applied:
+                student, placed, ranges = plain, placed_plain, ranges_plain
         sens_inputs = tuple(x[: cfg.sensitivity_samples] for x in train)
         table = analyse(student, placed.layers, sens_inputs, teacher_train[: cfg.sensitivity_samples], evaluate,
                         cfg.batch, ctx.progress, spec.task, cfg.temperature)
@@ -126,6 +149,8 @@ class QuantizePass(Pass):
             "validation_samples": n_val, "activation_ranges": ranges,
             "observer_trials": {k: v.as_dict() for k, v in trials.items()},
         }
+        if equalization is not None:
+            metrics["equalization"] = equalization
         if not kept.budget_met and kept.drop is not None and cfg.unmet_budget == "fail":
             raise _failed(VerificationError(
                 f"accuracy budget {budget} not met: a validation drop of {kept.drop:.4f} even with all but the "
@@ -154,6 +179,11 @@ class QuantizePass(Pass):
         precision = "int8" if metrics["int8_layers"] else "fp32"  # every layer kept: nothing runs in int8
         meta = {"precision": precision, "scheme": scheme.name, "float_ops": placed.float_ops, "kept_float": kept.layers}
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=meta), metrics)
+
+
+    def _equalizes(self, ctx: RunContext) -> bool:
+        synthetic = ctx.data.extras.get("data_source") == SYNTHETIC
+        return self.config.equalize == "on" or (self.config.equalize == "auto" and synthetic)
 
 
 def _failed(error: VerificationError, metrics: dict) -> VerificationError:
