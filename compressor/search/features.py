@@ -4,6 +4,7 @@ traced built-in family module). A network whose last weighted layer is not a Lin
 scores has no classifier head: only the relation similarity applies to it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,25 @@ class FeatureReader:
         return self.tap.value, out
 
 
+def _feature_map(value, shapes: dict) -> tuple[fx.Node | None, fx.Node | None]:
+    """Back from the last weighted layer's input through pooling and flattening: the first tensor
+    with spatial axes and more than one position (the map class activations are read on), and the
+    first with spatial axes of size 1 (a global pool's output: the fallback where no larger map
+    exists). Stopping at the pooled (N, C, 1, 1) tensor left one position per class "map", so the
+    semantic similarity compared only the signs of class scores."""
+    seen, pooled = set(), None
+    while isinstance(value, fx.Node) and value not in seen:
+        seen.add(value)
+        shape = shapes.get(value)
+        if isinstance(shape, tuple) and len(shape) >= 3 and all(isinstance(d, int) for d in shape):
+            if math.prod(shape[2:]) > 1:
+                return value, pooled
+            pooled = pooled or value
+        inputs = [a for a in value.all_input_nodes if a.op not in ("get_attr",)]
+        value = inputs[0] if len(inputs) == 1 else None
+    return None, pooled
+
+
 def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classification: bool,
                    shapes: dict | None = None) -> FeatureReader | None:
     """A reader for `module` (tapped in place when it is a graph module; a traced copy otherwise,
@@ -50,16 +70,9 @@ def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classif
     if not weighted:
         return None
     last = weighted[-1]
-    value = last.args[0]
-    seen = set()
-    while isinstance(value, fx.Node) and value not in seen:  # back through pooling and flattening
-        seen.add(value)
-        shape = shapes.get(value)
-        if isinstance(shape, tuple) and len(shape) >= 3 and all(isinstance(d, int) for d in shape):
-            break
-        inputs = [a for a in value.all_input_nodes if a.op not in ("get_attr",)]
-        value = inputs[0] if len(inputs) == 1 else None
-    if not isinstance(value, fx.Node):
+    value, pooled = _feature_map(last.args[0], shapes)
+    value = value or pooled
+    if value is None:
         return None
     tap = Tap()
     name = "diswot_feature_tap"
