@@ -23,6 +23,7 @@ from compressor.search.evolution import EvolutionSettings, evolve
 from compressor.search.features import feature_reader
 from compressor.search.outcome import Candidate
 from compressor.search.pareto import pareto_front
+from compressor.search.reinit import normalise_activations
 from compressor.search.searchers import SEARCHERS, load_searcher
 from compressor.progress import Progress
 from compressor.targets import load_target
@@ -217,6 +218,31 @@ def test_relation_distance_of_two_networks_is_of_the_order_of_one():
         fa, fb = a(x), b(x)
     assert 0.05 < float(relation_loss(fa, fb)) < 4
     assert float(relation_loss(fa, fa)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_student_from_random_initialisation_starts_with_unit_activations():
+    """BatchNorm is folded into a derived candidate's convs: normalise_activations sets each conv
+    (but the classifier) to zero-mean, unit-variance outputs per channel on the samples given."""
+    from compressor.capture import op_kind
+
+    data = _Data()
+    space = make_space(_res_tiny(), data, _cfg(), data.example())
+    net = normalise_activations(space.build(space.largest()), data.samples())
+    outputs = []
+
+    class Convs(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if op_kind(n) == "conv":
+                outputs.append(out.transpose(0, 1).flatten(1))
+            return out
+
+    with torch.no_grad():
+        Convs(net).run(*data.samples())
+    assert len(outputs) == 3
+    for out in outputs:
+        assert torch.allclose(out.mean(dim=1), torch.zeros(out.shape[0]), atol=1e-4)
+        assert torch.allclose(out.std(dim=1), torch.ones(out.shape[0]), atol=1e-3)
 
 
 def test_pareto_front_keeps_the_candidates_nothing_beats():

@@ -21,7 +21,7 @@ from .diswot import DiswotScorer, Similarities
 from .evolution import EvolutionSettings, evolve
 from .family_space import family_space
 from .outcome import Candidate, SearchOutcome
-from .reinit import reinitialise
+from .reinit import normalise_activations, reinitialise
 from .space import SearchSpace, spec_key
 
 
@@ -85,7 +85,7 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     chosen = choose(scored, constraints, cfg.budget_use)
     genes = chosen.spec["genes"]
     inherited = cfg.init == "teacher" and space.inherit is not None
-    student = space.inherit(genes) if inherited else space.build(genes)
+    student = space.inherit(genes) if inherited else normalise_activations(space.build(genes), inputs)
     if static:
         student = StaticBatchAdapter(student, static)
     seconds = time.perf_counter() - started

@@ -65,7 +65,8 @@ def normalise_activations(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -
     graph runs, rescaled and shifted so that its outputs on `inputs` have zero mean and unit variance
     per channel, what BatchNorm in training mode gives a network at initialisation. For students
     trained from random initialisation whose BatchNorm is folded into the convs (or in inference
-    mode): without it, a searched MNIST candidate distilled from scratch reached ... (see tests)."""
+    mode), which otherwise train with nothing keeping their activations at scale. A searched MNIST
+    candidate (3.6M MACs), 112 steps of logit KL: 67% -> 72% top-1 at lr 1e-3, 82% -> 85% at 3e-3."""
     gm = as_graph(module)
     layers = [(n, wb) for n in gm.graph.nodes if (wb := _weight_and_bias(gm, n)) is not None]
     for node, (weight, bias) in layers[:-1]:
