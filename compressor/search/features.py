@@ -19,7 +19,7 @@ from .cost import as_graph
 _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _weighted(gm: fx.GraphModule, node: fx.Node) -> str | None:
+def weighted_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """"conv" / "linear" for a weighted layer, as an aten op or a module call; None otherwise."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -66,7 +66,7 @@ def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classif
     `shapes`: the graph's node shapes where already known (cost.measure_graph)."""
     gm = as_graph(module)
     shapes = shapes if shapes is not None else concrete_shapes(gm, example)
-    weighted = [n for n in gm.graph.nodes if _weighted(gm, n)]
+    weighted = [n for n in gm.graph.nodes if weighted_kind(gm, n)]
     if not weighted:
         return None
     last = weighted[-1]
@@ -84,5 +84,5 @@ def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classif
             user.replace_input_with(value, node)
     gm.recompile()
     out_shape = shapes.get(last)
-    head = _weighted(gm, last) == "linear" and isinstance(out_shape, tuple) and len(out_shape) == 2
+    head = weighted_kind(gm, last) == "linear" and isinstance(out_shape, tuple) and len(out_shape) == 2
     return FeatureReader(gm, tap, classification and head)

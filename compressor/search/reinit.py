@@ -8,10 +8,8 @@ import math
 import torch
 from torch import fx, nn
 
-from ..capture import WEIGHTED, op_kind
 from .cost import as_graph
-
-_WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+from .features import weighted_kind
 
 
 @torch.no_grad()
@@ -35,16 +33,23 @@ def reinitialise(module: nn.Module, seed: int) -> nn.Module:
     return module
 
 
+def attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    """The tensor a get_attr node's target names."""
+    owner, _, name = target.rpartition(".")
+    return getattr(gm.get_submodule(owner) if owner else gm, name)
+
+
 def _weight_and_bias(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The parameters of a weighted layer (an aten conv/linear on get_attr weights, or a module call)."""
+    if not weighted_kind(gm, node):
+        return None
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        return (module.weight, module.bias) if isinstance(module, _WEIGHTED_MODULES) else None
-    if op_kind(node) not in WEIGHTED:
+        return module.weight, module.bias
+    weight, bias = node.args[1], node.args[2] if len(node.args) > 2 else None
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
         return None
-    params = [a for a in node.args[1:3] if isinstance(a, fx.Node) and a.op == "get_attr"]
-    values = [gm.get_parameter(a.target) if "." in a.target or hasattr(gm, a.target) else None for a in params]
-    return (values[0], values[1] if len(values) > 1 else None) if values else None
+    return attr(gm, weight.target), attr(gm, bias.target) if isinstance(bias, fx.Node) and bias.op == "get_attr" else None
 
 
 class _Recorder(fx.Interpreter):
