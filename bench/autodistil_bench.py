@@ -69,7 +69,7 @@ def distill(student, teacher, text, epochs: int, lr: float, batch: int, seed: in
         p.requires_grad_(True)
     cfg = DistillConfig(epochs=epochs, lr=lr, batch=batch, seed=seed, patience=epochs)
     teacher_train = batched_outputs(teacher, text.train, batch)
-    score = fidelity_scorer(text.val, batched_outputs(teacher, text.val, batch), cosine, batch)
+    score = fidelity_scorer(text.val, batched_outputs(teacher, text.val, batch), cosine, batch, "embedding")
 
     def loss(idx):
         return normalised_mse(student(*trimmed(tuple(x[idx] for x in text.train))), teacher_train[idx])

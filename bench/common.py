@@ -204,7 +204,8 @@ def distill_student(student, teacher, data, epochs: int, lr: float = 1e-3, seed:
     cfg = DistillConfig(epochs=epochs, lr=lr, batch=64, patience=epochs, seed=seed)
     split = split_validation(*data.training(), cfg.val_fraction, cfg.seed)
     _, evaluate = get_evaluator(None, "classification")
-    score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64)
+    score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64, "classification",
+                            cfg.temperature)
     shift = augmentation("auto", split.train, seed)
 
     def loss(idx):

@@ -107,7 +107,8 @@ def truncation_student(work: Path, teacher, data, cfg: PruneConfig, params: int)
     trunc.eval()
     split = training_split(data, cfg, "prune")
     _, evaluate = get_evaluator(None, teacher.spec.task)
-    score = fidelity_scorer(split.val, batched_outputs(teacher.module, split.val, cfg.batch), evaluate, cfg.batch)
+    score = fidelity_scorer(split.val, batched_outputs(teacher.module, split.val, cfg.batch), evaluate, cfg.batch,
+                            teacher.spec.task, cfg.temperature)
     distillation = BatchDistillation(teacher.module, split, teacher.spec, cfg, TransformerStructure(trunc).layer_paths)
     history = train(trunc, split.samples, lambda idx: distillation.loss(trunc, idx), score,
                     dataclasses.replace(cfg, epochs=epochs, lr=FAMILY_LR["transformer"][1], patience=epochs),

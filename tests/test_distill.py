@@ -273,3 +273,34 @@ def test_distill_pass_refuses_too_little_data(tmp_path):
     ctx, spec = _pass_context(tmp_path, teacher, torch.randn(500, 8))
     with pytest.raises(CompressError, match="fewer than one batch"):
         DistillPass(DistillPassConfig(batch=512)).run(Artifact(MODULE, spec, "s", module=_Net(8)), ctx, tmp_path)
+
+
+class _ConvNet(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.head = nn.Linear(width * 16, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+@pytest.mark.parametrize("augment,feature_weight", [("auto", 0.0), ("auto", 1.0), ("none", 1.0)])
+def test_distill_pass_shows_a_student_shifted_images_the_teacher_labels(tmp_path, augment, feature_weight):
+    """Image inputs are shifted on each batch and labelled (outputs and tapped features) by the
+    teacher there: the student learns the teacher, not the fixed training images."""
+    from compressor.artifacts import MODULE, Artifact, InputSpec, TensorSpec
+    from compressor.distill.distill_pass import DistillPass, DistillPassConfig
+
+    torch.manual_seed(0)
+    teacher, student = _ConvNet(8).eval(), _ConvNet(4).eval()
+    x = torch.rand(500, 1, 16, 16)
+    ctx, _ = _pass_context(tmp_path, teacher, x)
+    spec = InputSpec(inputs=(TensorSpec("x", ("batch", 1, 16, 16)),), task="classification")
+    config = DistillPassConfig(epochs=2, lr=1e-2, batch=32, patience=2, augment=augment, feature_weight=feature_weight)
+    m = DistillPass(config).run(Artifact(MODULE, spec, "student", module=student), ctx, tmp_path).metrics
+    assert m["augmentation"] == ("shift" if augment == "auto" else "none")
+    assert m["feature_loss"] == ("none" if feature_weight == 0 else "sample_relations")
+    assert m["after"]["val_divergence"] < m["before"]["val_divergence"]
+    with pytest.raises(ValueError, match="augment must be one of"):
+        DistillPassConfig(augment="rotate")

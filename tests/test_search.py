@@ -14,12 +14,16 @@ from compressor.artifacts import InputSpec, TensorSpec
 from compressor.distill.losses import relation_loss, semantic_loss
 from compressor.errors import CompressError
 from compressor.search.cnn_search import make_space, search, teacher_at_init
+from compressor.search.choice import choose, preference, spent_fraction
 from compressor.search.config import SearchConfig
 from compressor.search.constraints import Constraints
 from compressor.search.cost import measure_cost
 from compressor.search.diswot import DiswotScorer
+from compressor.search.evolution import EvolutionSettings, evolve
+from compressor.search.features import feature_reader
 from compressor.search.outcome import Candidate
 from compressor.search.pareto import pareto_front
+from compressor.search.reinit import normalise_activations
 from compressor.search.searchers import SEARCHERS, load_searcher
 from compressor.progress import Progress
 from compressor.targets import load_target
@@ -101,9 +105,14 @@ def test_the_search_meets_the_macs_budget_and_returns_a_working_student():
     data = _Data()
     teacher = _res_tiny()
     full = measure_cost(teacher, data.example())
-    outcome = search(teacher, data, Constraints(macs=full.macs // 2), _cfg(), Progress(True))
-    chosen = max(outcome.candidates, key=lambda c: c.score)
-    assert chosen.macs <= full.macs // 2 and all(c.macs <= full.macs // 2 for c in outcome.candidates)
+    budget = full.macs // 2
+    outcome = search(teacher, data, Constraints(macs=budget), _cfg(), Progress(True))
+    chosen = outcome.chosen
+    assert chosen in outcome.candidates
+    assert chosen.macs <= budget and all(c.macs <= budget for c in outcome.candidates)
+    spending = [c for c in outcome.candidates if c.macs >= 0.8 * budget]
+    # the budget spent where a candidate spends it, then the score
+    assert chosen is max(spending or outcome.candidates, key=lambda c: c.score)
     assert len(outcome.candidates) >= 4 and outcome.method == "diswot"
     assert outcome.student(data.samples(2)[0]).shape == (2, 10)
     assert measure_cost(outcome.student, data.example()).macs == chosen.macs
@@ -147,6 +156,93 @@ def test_diswot_similarities_as_distillation_losses():
     loss.backward()
     assert float(loss.detach()) > 0 and other.grad is not None and other.grad.abs().sum() > 0
     assert float(relation_loss(torch.randn(8, 32), torch.randn(8, 7))) > 0  # widths differ: still comparable
+
+
+def test_the_choice_prefers_candidates_that_spend_the_budget_then_the_score():
+    budget = Constraints(macs=100)
+    small_best, large, large_worse = Candidate({}, -0.1, 10, 0), Candidate({}, -0.5, 90, 0), Candidate({}, -0.9, 85, 0)
+    assert choose([small_best, large, large_worse], budget, 0.8) is large
+    halfway = Candidate({}, -0.3, 50, 0)
+    assert choose([small_best, halfway], budget, 0.8) is small_best  # none spends 80%: the score alone
+    assert choose([small_best, large], Constraints(), 0.8) is small_best  # no budget: the score alone
+    assert choose([small_best, large], budget, 0.0) is small_best  # budget_use = 0: the score alone
+    assert spent_fraction(large, Constraints(macs=100, params=10)) == 0.9
+    with pytest.raises(ValueError, match="budget_use"):
+        SearchConfig(budget_use=1.5)
+
+
+def test_evolution_moves_the_population_towards_the_budget():
+    """A space whose score falls with size: ranked by score alone the population stays small; ranked
+    by the preference, the best candidates found spend the budget."""
+    data = _Data()
+    space = make_space(_res_tiny(), data, _cfg(), data.example())
+    costs = {}
+
+    def evaluate(genes):
+        key = str(sorted(genes.items()))
+        if key not in costs:
+            costs[key] = measure_cost(space.build(genes), data.example()).macs
+        macs = costs[key]
+        candidate = Candidate({"genes": genes}, -macs / 1e6, macs, 0)
+        candidate.feasible = macs <= limit
+        return candidate
+
+    full = measure_cost(space.build(space.largest()), data.example()).macs
+    limit = full // 2
+    settings = EvolutionSettings(population=6, generations=3, seed=0)
+    budget = Constraints(macs=limit)
+    by_score = evolve(space, evaluate, settings, Progress(True))
+    preferred = evolve(space, evaluate, settings, Progress(True), preference(budget, 0.8))
+    assert choose(preferred.scored, budget, 0.8).macs >= 0.8 * limit
+    assert max(by_score.scored, key=lambda c: c.score).macs < 0.8 * limit
+
+
+def test_diswot_reads_the_feature_map_before_global_pooling():
+    """Class activation maps need positions: the pooled (N, C, 1, 1) tensor left one per class."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10)).eval()
+    data = _Data()
+    reader = feature_reader(net, data.example(), True)
+    feats, logits = reader(data.samples(4))
+    assert reader.has_classifier and feats.shape == (4, 8, 28, 28) and logits.shape == (4, 10)
+
+
+def test_relation_distance_of_two_networks_is_of_the_order_of_one():
+    """ReLU features are all positive: uncentred, two unrelated networks' relations differed by ~1e-4."""
+    x = _Data().samples(32)[0]
+    torch.manual_seed(0)
+    a, b = (nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU())
+            for _ in range(2))
+    with torch.no_grad():
+        fa, fb = a(x), b(x)
+    assert 0.05 < float(relation_loss(fa, fb)) < 4
+    assert float(relation_loss(fa, fa)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_student_from_random_initialisation_starts_with_unit_activations():
+    """BatchNorm is folded into a derived candidate's convs: normalise_activations sets each conv
+    (but the classifier) to zero-mean, unit-variance outputs per channel on the samples given."""
+    from compressor.capture import op_kind
+
+    data = _Data()
+    space = make_space(_res_tiny(), data, _cfg(), data.example())
+    net = normalise_activations(space.build(space.largest()), data.samples())
+    outputs = []
+
+    class Convs(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if op_kind(n) == "conv":
+                outputs.append(out.transpose(0, 1).flatten(1))
+            return out
+
+    with torch.no_grad():
+        Convs(net).run(*data.samples())
+    assert len(outputs) == 3
+    for out in outputs:
+        assert torch.allclose(out.mean(dim=1), torch.zeros(out.shape[0]), atol=1e-4)
+        assert torch.allclose(out.std(dim=1), torch.ones(out.shape[0]), atol=1e-3)
 
 
 def test_pareto_front_keeps_the_candidates_nothing_beats():

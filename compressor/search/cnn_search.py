@@ -12,6 +12,7 @@ from ..model_io import StaticBatchAdapter, first_output
 from ..progress import Progress
 from ..quantize.graph import fold_batchnorm
 from .config import SearchConfig
+from .choice import choose, preference
 from .constraints import Constraints
 from .cost import as_graph, measure_graph
 from .data import SearchData
@@ -20,7 +21,7 @@ from .diswot import DiswotScorer, Similarities
 from .evolution import EvolutionSettings, evolve
 from .family_space import family_space
 from .outcome import Candidate, SearchOutcome
-from .reinit import reinitialise
+from .reinit import normalise_activations, reinitialise
 from .space import SearchSpace, spec_key
 
 
@@ -78,12 +79,13 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     if not smallest.feasible:
         raise constraints.unreachable(smallest)
     settings = EvolutionSettings(cfg.population, cfg.generations, cfg.mutation, cfg.crossover, cfg.seed)
-    result = evolve(space, evaluate, settings, progress)
+    prefer = preference(constraints, cfg.budget_use)
+    result = evolve(space, evaluate, settings, progress, prefer)
     scored = result.scored + ([smallest] if smallest not in result.scored else [])
-    chosen = max(scored, key=lambda c: c.score)
+    chosen = choose(scored, constraints, cfg.budget_use)
     genes = chosen.spec["genes"]
     inherited = cfg.init == "teacher" and space.inherit is not None
-    student = space.inherit(genes) if inherited else space.build(genes)
+    student = space.inherit(genes) if inherited else normalise_activations(space.build(genes), inputs)
     if static:
         student = StaticBatchAdapter(student, static)
     seconds = time.perf_counter() - started
@@ -109,6 +111,5 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     outcome = SearchOutcome(student, spec, "diswot", "DisWOT score: -(semantic + relation distance to the teacher at "
                             "random initialisation)" if scorer.semantic else
                             "DisWOT score: -(relation distance to the teacher at random initialisation)",
-                            scored, seconds, notes,
-                            details=details)
+                            scored, seconds, notes, details=details, chosen=chosen)
     return outcome

@@ -23,6 +23,9 @@ class SearchConfig:
     mutation: float = 0.2
     crossover: float = 0.5
     seed: int = 0
+    # the search prefers candidates that spend at least this fraction of the tightest budget, then
+    # the higher DisWOT score (search/choice.py); the score alone where none does
+    budget_use: float = 0.8
     score_batch: int = 32  # samples DisWOT compares the networks on
     # the student handed on: "teacher" starts a derived student from the teacher's weights of its
     # kept channels (a head start for the distill pass), "random" from random initialisation
@@ -40,5 +43,7 @@ class SearchConfig:
                 raise ValueError(f"{name} must be a fraction in (0, 1], got {value}")
         if self.population < 2 or self.generations < 0 or self.score_batch < 2 or self.round_to < 1:
             raise ValueError("population must be >= 2, generations >= 0, score_batch >= 2, round_to >= 1")
+        if not 0 <= self.budget_use <= 1:
+            raise ValueError(f"budget_use must be a fraction in [0, 1], got {self.budget_use}")
         if not 0 <= self.mutation <= 1 or not 0 <= self.crossover <= 1 or self.latency_holdout < 0:
             raise ValueError("mutation and crossover must be in [0, 1], latency_holdout >= 0")

@@ -14,15 +14,10 @@ from ..artifacts import InputSpec
 from ..errors import CompressError
 from ..prune.discover import DISCOVERERS
 from .families import DERIVED
-from .reinit import reinitialise
+from .reinit import attr, reinitialise
 from .space import SearchSpace, ratio_choices
 
 WIDTH, BLOCK = "width:", "block:"
-
-
-def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
-    owner, _, name = target.rpartition(".")
-    return getattr(gm.get_submodule(owner) if owner else gm, name)
 
 
 def channel_importance(structure) -> dict[str, torch.Tensor]:
@@ -35,7 +30,7 @@ def channel_importance(structure) -> dict[str, torch.Tensor]:
         for node in spaces.producers[root]:
             weight = node.args[1] if len(node.args) > 1 else None
             if isinstance(weight, fx.Node) and weight.op == "get_attr":
-                norms = _attr(gm, weight.target).detach().abs().reshape(spaces.size[root], -1).sum(dim=1)
+                norms = attr(gm, weight.target).detach().abs().reshape(spaces.size[root], -1).sum(dim=1)
                 total += norms / norms.mean().clamp_min(1e-12)
         out[name] = total
     return out

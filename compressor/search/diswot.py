@@ -4,8 +4,8 @@ both networks at random initialisation, with no training.
 
     semantic similarity  the (K, K) similarity of the class activation maps of the last feature map
                          (compressor.distill.losses.class_activation_maps / class_similarity)
-    relation similarity  the batch's (N, N) sample-relation Gram matrix of the last feature map
-                         (compressor.distill.losses.sample_relations)
+    relation similarity  the batch's (N, N) sample-relation Gram matrix of the last feature map,
+                         centred (compressor.distill.losses.sample_relations, relation_distance)
 
 The score is minus the sum of the two distances (higher is better). A teacher without a classifier
 head (no final Linear giving class scores) is scored on relation similarity alone.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..distill.losses import class_activation_maps, class_similarity, sample_relations
+from ..distill.losses import class_activation_maps, class_similarity, relation_distance, sample_relations
 from ..errors import CompressError
 from .features import FeatureReader, feature_reader
 
@@ -65,6 +65,6 @@ class DiswotScorer:
             raise CompressError("search: a candidate has no feature map before its last layer")
         semantic = self.semantic and reader.has_classifier
         feats, maps = _read(reader, self.inputs, self.chunk, semantic)
-        relation = float(((sample_relations(feats) - self.relations) ** 2).mean())
+        relation = float(relation_distance(sample_relations(feats), self.relations))
         sem = float(((class_similarity(maps) - self.classes) ** 2).mean()) if semantic else None
         return Similarities(sem, relation)

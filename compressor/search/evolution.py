@@ -1,12 +1,12 @@
 """Evolutionary search over a SearchSpace, with no training: a population of feasible candidates,
-each generation's parents the best-scored half, children by uniform crossover and neighbour
+each generation's parents the best-ranked half (by score, or by the caller's rank), children by uniform crossover and neighbour
 mutation, the next population the best of parents and children. Every spec is evaluated once
 (costs first; only a feasible one is scored)."""
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..progress import Progress
 from .outcome import Candidate
@@ -37,8 +37,11 @@ class EvolutionResult:
 
 
 def evolve(space: SearchSpace, evaluate: Callable[[dict], Candidate], settings: EvolutionSettings,
-           progress: Progress) -> EvolutionResult:
-    """`evaluate(genes)` returns the candidate with its costs and feasibility, scored if feasible."""
+           progress: Progress, rank: Callable[[Candidate], Any] | None = None) -> EvolutionResult:
+    """`evaluate(genes)` returns the candidate with its costs and feasibility, scored if feasible.
+    `rank` orders parents and survivors (higher is better; default the score): choice.preference
+    puts the candidates that use the budget first, so the population moves towards the budget."""
+    rank = rank or (lambda c: c.score)
     rng = random.Random(settings.seed)
     seen: dict[str, Candidate] = {}
 
@@ -64,7 +67,7 @@ def evolve(space: SearchSpace, evaluate: Callable[[dict], Candidate], settings: 
     for generation in range(1, settings.generations + 1):
         if not population:
             break
-        parents = sorted(population, key=lambda c: c.score, reverse=True)[:max(2, settings.population // 2)]
+        parents = sorted(population, key=rank, reverse=True)[:max(2, settings.population // 2)]
 
         def child() -> dict:
             first = rng.choice(parents).spec["genes"]
@@ -72,7 +75,7 @@ def evolve(space: SearchSpace, evaluate: Callable[[dict], Candidate], settings: 
             return space.mutate(genes, rng, settings.mutation)
 
         children = fill(settings.population, child)
-        population = sorted(population + children, key=lambda c: c.score, reverse=True)[:settings.population]
+        population = sorted(population + children, key=rank, reverse=True)[:settings.population]
         history.append(_summary(generation, population))
         progress.log(f"  generation {generation}/{settings.generations}: {len(children)} new, best score "
                      f"{history[-1]['best']:.4g}, {sum(c.feasible for c in seen.values())} scored so far")

@@ -4,6 +4,7 @@ traced built-in family module). A network whose last weighted layer is not a Lin
 scores has no classifier head: only the relation similarity applies to it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from .cost import as_graph
 _WEIGHTED_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _weighted(gm: fx.GraphModule, node: fx.Node) -> str | None:
+def weighted_kind(gm: fx.GraphModule, node: fx.Node) -> str | None:
     """"conv" / "linear" for a weighted layer, as an aten op or a module call; None otherwise."""
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -39,6 +40,25 @@ class FeatureReader:
         return self.tap.value, out
 
 
+def _feature_map(value, shapes: dict) -> tuple[fx.Node | None, fx.Node | None]:
+    """Back from the last weighted layer's input through pooling and flattening: the first tensor
+    with spatial axes and more than one position (the map class activations are read on), and the
+    first with spatial axes of size 1 (a global pool's output: the fallback where no larger map
+    exists). Stopping at the pooled (N, C, 1, 1) tensor left one position per class "map", so the
+    semantic similarity compared only the signs of class scores."""
+    seen, pooled = set(), None
+    while isinstance(value, fx.Node) and value not in seen:
+        seen.add(value)
+        shape = shapes.get(value)
+        if isinstance(shape, tuple) and len(shape) >= 3 and all(isinstance(d, int) for d in shape):
+            if math.prod(shape[2:]) > 1:
+                return value, pooled
+            pooled = pooled or value
+        inputs = [a for a in value.all_input_nodes if a.op not in ("get_attr",)]
+        value = inputs[0] if len(inputs) == 1 else None
+    return None, pooled
+
+
 def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classification: bool,
                    shapes: dict | None = None) -> FeatureReader | None:
     """A reader for `module` (tapped in place when it is a graph module; a traced copy otherwise,
@@ -46,20 +66,13 @@ def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classif
     `shapes`: the graph's node shapes where already known (cost.measure_graph)."""
     gm = as_graph(module)
     shapes = shapes if shapes is not None else concrete_shapes(gm, example)
-    weighted = [n for n in gm.graph.nodes if _weighted(gm, n)]
+    weighted = [n for n in gm.graph.nodes if weighted_kind(gm, n)]
     if not weighted:
         return None
     last = weighted[-1]
-    value = last.args[0]
-    seen = set()
-    while isinstance(value, fx.Node) and value not in seen:  # back through pooling and flattening
-        seen.add(value)
-        shape = shapes.get(value)
-        if isinstance(shape, tuple) and len(shape) >= 3 and all(isinstance(d, int) for d in shape):
-            break
-        inputs = [a for a in value.all_input_nodes if a.op not in ("get_attr",)]
-        value = inputs[0] if len(inputs) == 1 else None
-    if not isinstance(value, fx.Node):
+    value, pooled = _feature_map(last.args[0], shapes)
+    value = value or pooled
+    if value is None:
         return None
     tap = Tap()
     name = "diswot_feature_tap"
@@ -71,5 +84,5 @@ def feature_reader(module: nn.Module, example: tuple[torch.Tensor, ...], classif
             user.replace_input_with(value, node)
     gm.recompile()
     out_shape = shapes.get(last)
-    head = _weighted(gm, last) == "linear" and isinstance(out_shape, tuple) and len(out_shape) == 2
+    head = weighted_kind(gm, last) == "linear" and isinstance(out_shape, tuple) and len(out_shape) == 2
     return FeatureReader(gm, tap, classification and head)

@@ -35,3 +35,4 @@ class SearchOutcome:
     seconds: float = 0.0  # wall time of the search itself
     notes: list[str] = field(default_factory=list)  # lines the report prints (e.g. "relation similarity only: no classifier head")
     details: dict[str, Any] = field(default_factory=dict)  # searcher-specific numbers report.json keeps (JSON-able)
+    chosen: Candidate | None = None  # the candidate `student` is built from (the searcher's choice, one of `candidates`)

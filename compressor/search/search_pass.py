@@ -90,7 +90,7 @@ class SearchPass(Pass):
         ctx.progress.log(f"  {family} teacher: {teacher.macs / 1e6:.2f}M MACs, {teacher.params / 1e6:.3f}M params; "
                          f"constraints: {constraints.describe()}")
         outcome = searcher(artifact.module, data, constraints, cfg, ctx.progress)
-        chosen = max(outcome.candidates, key=lambda c: c.score)
+        chosen = outcome.chosen
         cost = "latency_ms" if chosen.latency_ms is not None else "macs"
         files = write_outputs(outcome, chosen, cost, workdir, f"{outcome.method}: score vs {cost}, "
                                                               f"{len(outcome.candidates)} candidates")

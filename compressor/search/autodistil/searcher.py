@@ -88,7 +88,8 @@ def search(teacher, data, constraints=None, cfg=None, progress: Progress | None 
     return SearchOutcome(student=student, spec={**chosen.spec, "macs": chosen.macs, "params": chosen.params,
                                                       "latency_ms": chosen.latency_ms},
                          method="autodistil", score_name=SCORE_NAMES[embedding],
-                         candidates=sorted(rows, key=lambda c: c.macs), seconds=time.time() - started, notes=notes)
+                         candidates=sorted(rows, key=lambda c: c.macs), seconds=time.time() - started, notes=notes,
+                         chosen=chosen)
 
 
 def _raise_infeasible(teacher, specs, constraints, sequence: int) -> None:
