@@ -13,6 +13,7 @@ import torch
 from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha256_json, sha256_tensor, write_atomic
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
+from .distributed import join_from_environment
 from .errors import CompressError, Interrupted, VerificationError
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
@@ -80,7 +81,10 @@ def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib
 
 
 def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None, options: RunOptions) -> Result:
-    progress = Progress(options.quiet)
+    """The pipeline; under torchrun (or `compress --nproc`) on every rank, rank 0 alone writing
+    the run directory and showing progress (compressor.distributed)."""
+    world = join_from_environment()
+    progress = Progress(options.quiet or not world.is_main)
     target = load_target(target_name)
     names, configs, where = _pipeline_request(target, options)
     passes = build_pipeline(names, configs, where)
@@ -92,7 +96,8 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
             raise CompressError(f"{e}: target {target.name} cannot build its engine here; --passes {rest} "
                                 "stops at the verified QDQ ONNX") from None
     run_dir = _run_dir(model, target, options)
-    _check_run_dir(run_dir, options)
+    if world.is_main:  # the others would see the directory rank 0 just made as an earlier run's
+        _check_run_dir(run_dir, options)
 
     started = time.time()
     reference = _load(model, options.load)
@@ -105,8 +110,9 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
                  f"{', '.join(f'{t.name} {tuple(t.shape)} {t.dtype}' for t in reference.spec.inputs)}, task {reference.spec.task}")
     progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
 
-    _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
-                                        "calibration": data.recipe, "passes": names, "version": __version__})
+    if world.is_main:
+        _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
+                                            "calibration": data.recipe, "passes": names, "version": __version__})
     ctx = RunContext(target=target, data=data, reference=reference, run_dir=run_dir, progress=progress)
     manager = PassManager(passes, ctx)
     report = _base_report(reference, target, data, names, started)
@@ -127,7 +133,7 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
     finally:
         report["passes"] = [r.__dict__ for r in manager.records]
         report["seconds"] = time.time() - started
-        engine = _publish(final, run_dir) if final is not None and report["status"] == "ok" else None
+        engine = _publish(final, run_dir) if final is not None and report["status"] == "ok" and world.is_main else None
         if engine is not None:
             report["engine"] = {"path": str(engine), "sha256": sha256_file(engine), "bytes": engine.stat().st_size,
                                 "precision": final.meta.get("precision", "fp32")}
@@ -135,7 +141,8 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
             report["sizes"]["engine_bytes"] = device["bytes"] if device else engine.stat().st_size
             if device:
                 report["sizes"]["engine_bytes_are"] = device["what"]
-        write_reports(run_dir, report)
+        if world.is_main:
+            write_reports(run_dir, report)
     return Result(run_dir, engine, report, True)
 
 

@@ -87,12 +87,15 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--search", "search_student", is_flag=True,
               help="With --macs-budget / --latency-budget: search a new student architecture (DisWOT, no training) "
                    "and distill it, instead of pruning: the pipeline becomes search, distill + the target's passes.")
+@click.option("--nproc", type=int, default=None,
+              help="Train data-parallel in N worker processes on this machine (torch.distributed: gloo on CPU, "
+                   "NCCL on GPU); rank 0 writes the run directory. Several machines: launch with torchrun.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
                 input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
-                search_student, quiet, as_json, debug):
+                search_student, nproc, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -117,7 +120,12 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                                  quantize={"keep_float": keep_float, "accuracy_budget": accuracy_budget},
                                  **({"search": budgets} if search_student else
                                     {"prune": {"sparsity": sparsity, **budgets}})))
-        result = run(model, target, calib, options)
+        if nproc is None or nproc == 1:
+            result = run(model, target, calib, options)
+        else:
+            from .distributed import launch
+
+            result = launch(nproc, run, (model, target, calib, options))
     except CompressError as e:
         _print_failed_report(e, as_json, quiet)
         _fail(e, debug)

@@ -60,6 +60,9 @@ class Pass:
     version: ClassVar[str] = "1"  # bump when the pass's output changes for the same input
     needs_calibration: ClassVar[bool] = False  # refuses random inputs: checked before any work
     needs_backend: ClassVar[bool] = False  # runs the target's engine builder: checked before any work
+    # trains through compressor.distill's loop: in a distributed run every rank runs the passes up
+    # to the last that trains (the others, rank 0 alone: compressor.distributed)
+    trains: ClassVar[bool] = False
     Config: ClassVar[type] = EmptyConfig
 
     def __init__(self, config: Any = None):
