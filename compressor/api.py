@@ -14,7 +14,7 @@ from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .distributed import join_from_environment
-from .errors import CompressError, Interrupted, VerificationError
+from .errors import CompressError, Interrupted, VerificationError, first_line
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
@@ -130,6 +130,9 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         error = Interrupted(report["error"])
         error.report = report
         raise error from None
+    except Exception as e:  # a bug, or a distributed peer gone: the report must not say "ok"
+        report.update(status="error", error=first_line(e, typed=True))
+        raise
     finally:
         report["passes"] = [r.__dict__ for r in manager.records]
         report["seconds"] = time.time() - started
