@@ -26,6 +26,7 @@ T = TypeVar("T")
 # More workers than this per core, or in all on one machine, is a typo, not a plan: refused
 MAX_PER_CORE = 4
 ONE_MACHINE_MAX = 256
+_THREADS_ALONE: list[int] = []  # the thread count before joining, restored on leaving
 EXIT_CODES = {cls.__name__: cls.exit_code for cls in (CompressError, VerificationError, Interrupted)}
 
 
@@ -80,8 +81,9 @@ def join_from_environment() -> World:
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return current()
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1 when it starts several workers; a user's value wins
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    # the ranks on a machine share its cores (torchrun's OMP_NUM_THREADS=1 would leave most idle)
+    _THREADS_ALONE.append(torch.get_num_threads())
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_size))
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -91,8 +93,11 @@ def join_from_environment() -> World:
 
 
 def leave() -> None:
+    """End the process group (every rank calls it); rank 0 goes on alone with all its threads."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        if _THREADS_ALONE:
+            torch.set_num_threads(_THREADS_ALONE.pop())
 
 
 class _Step(nn.Module):

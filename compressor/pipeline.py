@@ -144,7 +144,7 @@ class PassManager:
         partial = self.ctx.run_dir / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        checkpoints = self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+        checkpoints = self._checkpoints(folder, key)
         for stale in self.ctx.run_dir.glob(f".{folder.name}.*.checkpoints"):
             if stale != checkpoints:  # from a run with other inputs or options
                 shutil.rmtree(stale, ignore_errors=True)
@@ -184,10 +184,13 @@ class PassManager:
             write_atomic(folder / "pass.json", json.dumps(manifest, indent=2, default=str))
         return out, record
 
+    def _checkpoints(self, folder: Path, key: str) -> Path:
+        return self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+
     def _run_unrecorded(self, p: Pass, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord]:
         """A rank other than 0 runs the pass for its share of the training and writes nothing: its
         files go to a scratch folder; the checkpoints are rank 0's (the loop broadcasts them)."""
-        self.ctx.checkpoints = self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+        self.ctx.checkpoints = self._checkpoints(folder, key)
         start = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory(prefix=f"compress-{p.name}-") as scratch:

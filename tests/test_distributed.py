@@ -123,6 +123,14 @@ def test_bad_nproc_is_one_line_and_a_worker_error_names_its_rank():
     assert worker_error(0, "Signal 9 (SIGKILL) received by PID 7").exit_code == 1
 
 
+def test_cli_refuses_a_bad_nproc_in_one_line(tmp_path):
+    done = _compress(SAMPLE, "--calib", "mnist", "--out", tmp_path / "run", "--nproc", 0)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        f"error: --nproc 0: give 1 to {min(256, 4 * os.cpu_count())} worker processes on this machine "
+        f"({os.cpu_count()} cores); for several machines launch with torchrun"]
+    assert not (tmp_path / "run").exists()
+
+
 # --- the command line on the MNIST sample: QAD with 2 CPU processes against one ---
 
 # Few samples (96 calibration, 100 held-out), batch 32: 3 QAD steps an epoch, a checkpoint after each.
@@ -240,3 +248,68 @@ def test_a_killed_qad_worker_resumes_inside_the_pass_and_ends_as_one_process(sin
     assert done.returncode == 0, done.stderr
     assert "resuming QAD at epoch" in done.stderr  # from the checkpoint inside the pass
     _assert_same_qad(single_qad, _qad_metrics(run))
+
+
+# --- pruning and search's distillation under --nproc 2, against one process (small, slow-marked) ---
+
+PRUNE_CONFIG = """passes = ["prune"]
+[prune]
+macs_budget = 0.5
+prune_epochs = 1
+epochs = 1
+batch = 64
+augment = "none"
+layer_weight = 0.0
+"""
+SEARCH_CONFIG = """passes = ["search", "distill"]
+[search]
+macs_budget = 0.5
+population = 4
+generations = 1
+score_batch = 16
+[distill]
+epochs = 1
+lr = 1e-3
+batch = 64
+"""
+
+
+def _one_and_two(model: Path, config: str, folder: Path) -> list[list[dict]]:
+    """The pass metrics of the same run with --nproc 1 and --nproc 2. Shifted inputs (augment) and
+    CoFi's layer loss are off: a rank draws shifts for its own share, and the layer loss divides
+    by its share's mean square (a batch statistic), so neither is the same sum split in two."""
+    (folder / "small.toml").write_text(SMALL_MNIST.replace("holdout_samples", "training_samples = 256\nholdout_samples"))
+    (folder / "run.toml").write_text(config)
+    runs = []
+    for nproc in (1, 2):
+        out = folder / f"run{nproc}"
+        done = _compress(model, "--calib", folder / "small.toml", "--config", folder / "run.toml", "--out", out,
+                         "--nproc", nproc)
+        assert done.returncode == 0, done.stderr
+        runs.append([p["metrics"] for p in json.loads((out / "report.json").read_text())["passes"]])
+    return runs
+
+
+def _assert_same_history(one: list[dict], two: list[dict], *keys: str):
+    assert [h["epoch"] for h in one] == [h["epoch"] for h in two] and len(one) > 1
+    for a, b in zip(one, two):
+        for key in keys:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-3), (key, a, b)
+
+
+@pytest.mark.slow
+def test_pruning_with_two_processes_matches_one(trained_res, tmp_path):
+    (one,), (two,) = _one_and_two(trained_res, PRUNE_CONFIG, tmp_path)
+    assert one["pruned"] and two["kept_fraction"] == one["kept_fraction"] and two["structure"] == one["structure"]
+    _assert_same_history(one["gate_history"], two["gate_history"], "distill_loss", "expected_kept", "lambda1")
+    _assert_same_history(one["finetune_history"], two["finetune_history"], "loss", "val_divergence")
+    assert abs(one["pruned_metric"] - two["pruned_metric"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_search_then_distill_with_two_processes_matches_one(trained_res, tmp_path):
+    (search1, distill1), (search2, distill2) = _one_and_two(trained_res, SEARCH_CONFIG, tmp_path)
+    assert search2["chosen"] == search1["chosen"]
+    _assert_same_history(distill1["history"], distill2["history"], "loss", "val_divergence")
+    assert distill2["after"]["metric"] == pytest.approx(distill1["after"]["metric"], abs=0.01)
