@@ -11,6 +11,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 3 the engine failed ver
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,8 +41,14 @@ def main():
 def _fail(error: CompressError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    click.echo(f"error: {error}", err=True)
+    rank = _torchrun_rank()
+    click.echo(f"error: {f'rank {rank}: ' if rank else ''}{error}", err=True)
     sys.exit(error.exit_code)
+
+
+def _torchrun_rank() -> int:
+    """This process's rank where torchrun started it (0 otherwise): the others print no summary."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _overrides(**by_pass: dict) -> dict:
@@ -127,10 +134,13 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
 
             result = launch(nproc, run, (model, target, calib, options))
     except CompressError as e:
-        _print_failed_report(e, as_json, quiet)
+        if _torchrun_rank() == 0:
+            _print_failed_report(e, as_json, quiet)
         _fail(e, debug)
     except KeyboardInterrupt:  # before the pipeline started (loading, calibration): nothing to report
         _fail(Interrupted("interrupted before any pass ran"), debug)
+    if _torchrun_rank() != 0:
+        return
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     if not quiet:

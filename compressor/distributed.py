@@ -123,9 +123,10 @@ class DataParallel:
         if world.distributed:
             step = _Step(modules)
             on_gpu = next((p.is_cuda for p in step.parameters()), False)
-            # find_unused_parameters: a step may leave parameters out (a subnet, a closed gate's unit)
+            # static_graph: every step uses the same parameters, though not all of them (the scale
+            # of a quantizer left off in a layer kept in float gets no gradient, ever)
             self.ddp = nn.parallel.DistributedDataParallel(step, device_ids=[torch.cuda.current_device()] if on_gpu else None,
-                                                           find_unused_parameters=True)
+                                                           static_graph=True)
 
     def __call__(self, loss: Callable[..., Any], *args):
         return self.ddp(loss, *args) if self.ddp is not None else loss(*args)
