@@ -312,4 +312,4 @@ def test_search_then_distill_with_two_processes_matches_one(trained_res, tmp_pat
     (search1, distill1), (search2, distill2) = _one_and_two(trained_res, SEARCH_CONFIG, tmp_path)
     assert search2["chosen"] == search1["chosen"]
     _assert_same_history(distill1["history"], distill2["history"], "loss", "val_divergence")
-    assert distill2["after"]["metric"] == pytest.approx(distill1["after"]["metric"], abs=0.01)
+    assert distill2["after"]["val_metric"] == pytest.approx(distill1["after"]["val_metric"], abs=0.01)
