@@ -14,7 +14,8 @@ from .artifacts import MODULE, Artifact, InputSpec, TensorSpec, sha256_file, sha
 from .backends import preflight
 from .calibration import CalibrationData, check_fits, load_calibration, load_recipe, synthetic_calibration
 from .datafree import DataFreeConfig, choose_method, data_source, data_source_words, synthesize
-from .errors import CompressError, Interrupted, VerificationError
+from .distributed import join_from_environment
+from .errors import CompressError, Interrupted, VerificationError, first_line
 from .model_io import LoadOptions, infer_task, load_model
 from .pipeline import PassManager, RunContext, build_pipeline
 from .progress import Progress
@@ -82,7 +83,10 @@ def compress(model: str | Path | torch.nn.Module, target: str = "x86-cpu", calib
 
 
 def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None, options: RunOptions) -> Result:
-    progress = Progress(options.quiet)
+    """The pipeline; under torchrun (or `compress --nproc`) on every rank, rank 0 alone writing
+    the run directory and showing progress (compressor.distributed)."""
+    world = join_from_environment()
+    progress = Progress(options.quiet or not world.is_main)
     target = load_target(target_name)
     names, configs, where = _pipeline_request(target, options)
     passes = build_pipeline(names, configs, where)
@@ -94,7 +98,8 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
             raise CompressError(f"{e}: target {target.name} cannot build its engine here; --passes {rest} "
                                 "stops at the verified QDQ ONNX") from None
     run_dir = _run_dir(model, target, options)
-    _check_run_dir(run_dir, options)
+    if world.is_main:  # the others would see the directory rank 0 just made as an earlier run's
+        _check_run_dir(run_dir, options)
 
     started = time.time()
     reference = _load(model, options.load)
@@ -107,11 +112,12 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
     progress.log(f"loaded {reference.meta['format']} model: inputs "
                  f"{', '.join(f'{t.name} {tuple(t.shape)} {t.dtype}' for t in reference.spec.inputs)}, task {reference.spec.task}")
 
-    _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
-                                        "calibration": data.recipe if data else f"data-free ({synthesizer.name})",
-                                        "passes": names, "version": __version__})
-    if data is None:  # after the run directory is ready: the synthesised batches are cached there
-        data = synthesize(reference, run_dir, progress, model_path, options.datafree, synthesizer)
+    if world.is_main:
+        _prepare_run_dir(run_dir, options, {"model": str(getattr(reference, "path", "")), "target": target.name,
+                                            "calibration": data.recipe if data else f"data-free ({synthesizer.name})",
+                                            "passes": names, "version": __version__})
+    if data is None:  # after the run directory is ready: rank 0 caches the synthesised batches there
+        data = world.on_main(lambda: synthesize(reference, run_dir, progress, model_path, options.datafree, synthesizer))
     progress.log(f"calibration '{data.recipe}': {data.num_calib} calibration + {data.num_holdout} held-out samples")
     ctx = RunContext(target=target, data=data, reference=reference, run_dir=run_dir, progress=progress)
     manager = PassManager(passes, ctx)
@@ -130,10 +136,13 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
         error = Interrupted(report["error"])
         error.report = report
         raise error from None
+    except Exception as e:  # a bug, or a distributed peer gone: the report must not say "ok"
+        report.update(status="error", error=first_line(e, typed=True))
+        raise
     finally:
         report["passes"] = [r.__dict__ for r in manager.records]
         report["seconds"] = time.time() - started
-        engine = _publish(final, run_dir) if final is not None and report["status"] == "ok" else None
+        engine = _publish(final, run_dir) if final is not None and report["status"] == "ok" and world.is_main else None
         if engine is not None:
             report["engine"] = {"path": str(engine), "sha256": sha256_file(engine), "bytes": engine.stat().st_size,
                                 "precision": final.meta.get("precision", "fp32")}
@@ -141,7 +150,8 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
             report["sizes"]["engine_bytes"] = device["bytes"] if device else engine.stat().st_size
             if device:
                 report["sizes"]["engine_bytes_are"] = device["what"]
-        write_reports(run_dir, report)
+        if world.is_main:
+            write_reports(run_dir, report)
     return Result(run_dir, engine, report, True)
 
 

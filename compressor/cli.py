@@ -11,6 +11,7 @@ Exit codes: 0 success, 2 bad input (one line on stderr), 3 the engine failed ver
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -40,8 +41,14 @@ def main():
 def _fail(error: CompressError, debug: bool) -> None:
     if debug:
         traceback.print_exc()
-    click.echo(f"error: {error}", err=True)
+    rank = _torchrun_rank()
+    click.echo(f"error: {f'rank {rank}: ' if rank else ''}{error}", err=True)
     sys.exit(error.exit_code)
+
+
+def _torchrun_rank() -> int:
+    """This process's rank where torchrun started it (0 otherwise): the others print no summary."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _overrides(**by_pass: dict) -> dict:
@@ -91,12 +98,15 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--device", default=None,
               help="Verify parity and latency on this device: ssh://[user@]host[:port][?python=PATH] or an ssh "
                    "config alias (see `compress profile --help`); default: here.")
+@click.option("--nproc", type=int, default=None,
+              help="Train data-parallel in N worker processes on this machine (torch.distributed: gloo on CPU, "
+                   "NCCL on GPU); rank 0 writes the run directory. Several machines: launch with torchrun.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
                 input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
-                search_student, device, quiet, as_json, debug):
+                search_student, device, nproc, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -126,12 +136,20 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                                  verify={"device": device},
                                  **({"search": budgets} if search_student else
                                     {"prune": {"sparsity": sparsity, **budgets}})))
-        result = run(model, target, calib, options)
+        if nproc is None or nproc == 1:
+            result = run(model, target, calib, options)
+        else:
+            from .distributed import launch
+
+            result = launch(nproc, run, (model, target, calib, options))
     except CompressError as e:
-        _print_failed_report(e, as_json, quiet)
+        if _torchrun_rank() == 0:
+            _print_failed_report(e, as_json, quiet)
         _fail(e, debug)
     except KeyboardInterrupt:  # before the pipeline started (loading, calibration): nothing to report
         _fail(Interrupted("interrupted before any pass ran"), debug)
+    if _torchrun_rank() != 0:
+        return
     if as_json:
         click.echo(json.dumps(result.report, indent=2, default=str))
     if not quiet:

@@ -61,6 +61,9 @@ class Pass:
     # needs representative inputs, not random ones: without --calib they are synthesised (compressor.datafree)
     needs_calibration: ClassVar[bool] = False
     needs_backend: ClassVar[bool] = False  # runs the target's engine builder: checked before any work
+    # trains through compressor.distill's loop: in a distributed run every rank runs the passes up
+    # to the last that trains (the others, rank 0 alone: compressor.distributed)
+    trains: ClassVar[bool] = False
     Config: ClassVar[type] = EmptyConfig
 
     def __init__(self, config: Any = None):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import tempfile
 import time
 import types
 import typing
@@ -27,6 +28,7 @@ from typing import Any
 
 from . import builtin_passes
 from .artifacts import MODULE, Artifact, InputSpec, load_module, save_module, sha256_file, sha256_json, write_atomic
+from .distributed import World, current, leave
 from .errors import CompressError, VerificationError
 # the pass API lives in passes.py; re-exported here for the modules that import it from the manager
 from .passes import PASSES, PLANNED, EmptyConfig, Pass, PassResult, RunContext, register  # noqa: F401
@@ -95,13 +97,23 @@ class PassManager:
         self.current: str | None = None  # the pass running now (what an interrupt stopped)
 
     def run(self, artifact: Artifact) -> Artifact:
+        """The passes in order; the final artifact. In a distributed run (compressor.distributed)
+        every rank runs the passes up to the last that trains, then the process group ends and rank 0
+        runs the rest alone; only rank 0 writes the run directory."""
+        world = current()
+        last_training = max((i for i, p in enumerate(self.passes, start=1) if p.trains), default=0)
         for index, p in enumerate(self.passes, start=1):
+            if world.distributed and index > last_training:
+                leave()
+                if not world.is_main:
+                    break
+                world = current()
             self.current = p.name
             folder = self.ctx.run_dir / f"{index:02d}-{p.name}"
             key = sha256_json({"input": artifact.fingerprint, "pass": p.name, "version": p.version,
                                "package": __version__, "config": dataclasses.asdict(p.config),
                                "context": self.ctx.fingerprint})
-            cached = self._load_cached(folder, key, artifact)
+            cached = self._agreed_cache(world, folder, key, artifact)
             if cached is not None:
                 artifact, record = cached
                 self.ctx.progress.log(f"[{index}/{len(self.passes)}] {p.name}: cached, skipped")
@@ -110,14 +122,29 @@ class PassManager:
             self.records.append(record)
             self.ctx.history.append((p.name, artifact))
         self.current = None
+        leave()  # where every pass trains, the group ends with the last
         return artifact
+
+    def _agreed_cache(self, world: World, folder: Path, key: str, artifact: Artifact):
+        """The cached output of a finished pass where rank 0 has one: every rank must skip the same
+        passes, or the others would wait for it in a training pass it does not run."""
+        mine = self._load_cached(folder, key, artifact) if world.is_main else None
+        if not world.distributed or not world.broadcast(mine is not None) or world.is_main:
+            return mine
+        cached = self._load_cached(folder, key, artifact)
+        if cached is None:
+            raise CompressError(f"rank {world.rank} cannot read {folder}, the finished pass rank 0 resumes from: "
+                                "give --out a directory that every machine sees (a shared filesystem)")
+        return cached
 
     def _run_pass(self, p: Pass, index: int, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord]:
         self.ctx.progress.log(f"[{index}/{len(self.passes)}] {p.name} ...")
+        if not current().is_main:
+            return self._run_unrecorded(p, folder, key, artifact)
         partial = self.ctx.run_dir / f".{folder.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
-        checkpoints = self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+        checkpoints = self._checkpoints(folder, key)
         for stale in self.ctx.run_dir.glob(f".{folder.name}.*.checkpoints"):
             if stale != checkpoints:  # from a run with other inputs or options
                 shutil.rmtree(stale, ignore_errors=True)
@@ -156,6 +183,24 @@ class PassManager:
             manifest["output"]["fingerprint"] = out.fingerprint
             write_atomic(folder / "pass.json", json.dumps(manifest, indent=2, default=str))
         return out, record
+
+    def _checkpoints(self, folder: Path, key: str) -> Path:
+        return self.ctx.run_dir / f".{folder.name}.{key[:16]}.checkpoints"
+
+    def _run_unrecorded(self, p: Pass, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord]:
+        """A rank other than 0 runs the pass for its share of the training and writes nothing: its
+        files go to a scratch folder; the checkpoints are rank 0's (the loop broadcasts them)."""
+        self.ctx.checkpoints = self._checkpoints(folder, key)
+        start = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"compress-{p.name}-") as scratch:
+                result = p.run(artifact, self.ctx, Path(scratch))
+        finally:
+            self.ctx.checkpoints = None
+        out = result.artifact
+        if out.kind == MODULE and out is not artifact:
+            out.fingerprint = key  # as rank 0 records it, so the next pass's key is the same
+        return out, PassRecord(p.name, "ran", time.perf_counter() - start, key, "", result.metrics)
 
     def _load_cached(self, folder: Path, key: str, artifact: Artifact) -> tuple[Artifact, PassRecord] | None:
         try:

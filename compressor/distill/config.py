@@ -20,10 +20,13 @@ class DistillConfig:
     patience: int = 1  # epochs without a better validation score before stopping
     val_fraction: float = 0.1  # of the training data, held back to select the best epoch
     seed: int = 0
+    checkpoint_every: int = 0  # training steps between checkpoints inside an epoch (0: after each epoch only)
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch < 1 or (self.lr is not None and self.lr <= 0) or self.temperature <= 0:
             raise ValueError("epochs must be >= 0, batch >= 1, lr and temperature > 0")
+        if self.checkpoint_every < 0:
+            raise ValueError("checkpoint_every must be >= 0 (0: a checkpoint after each epoch only)")
         if self.patience < 0 or min(self.kd_weight, self.label_weight, self.feature_weight) < 0:
             raise ValueError("patience must be >= 0 and the loss weights >= 0")
         if not 0 < self.val_fraction < 1:

@@ -55,6 +55,7 @@ class DistillPass(Pass):
     takes = (MODULE,)
     returns = MODULE
     needs_calibration = True
+    trains = True
     Config = DistillPassConfig
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..distill.epochs import Plan, Steps, run_epochs
 from ..errors import CompressError
 from ..progress import Progress
 from .hardconcrete import HardConcreteGates, keep_top
@@ -87,10 +87,11 @@ def check_reachable(structure: Structure, cost: str, keep_fraction: float) -> No
 
 def learn_gates(structure: Structure, loss_fn: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor],
                 samples: int, cost: str, keep_fraction: float, cfg: CofiSettings, progress: Progress,
-                checkpoint: Path | None = None) -> tuple[Gates, list[dict]]:
+                checkpoint: Path | None = None, checkpoint_every: int = 0) -> tuple[Gates, list[dict]]:
     """Train the model's weights and the gates together. `loss_fn(indices, gates)` runs the gated
     model on those training samples and returns the distillation loss. Returns the gates and one
-    history row per epoch; resumes from `checkpoint` when an interrupted run left one."""
+    history row per epoch; resumes from `checkpoint` when an interrupted run left one. The epochs
+    are compressor.distill's (data-parallel under torch.distributed: every rank draws the same gates)."""
     torch.manual_seed(cfg.seed)
     full = full_cost(structure)
     gates = Gates(structure.groups)
@@ -100,57 +101,50 @@ def learn_gates(structure: Structure, loss_fn: Callable[[torch.Tensor, dict[str,
     ascent = torch.optim.Adam([multipliers], lr=cfg.lambda_lr)
     steps_per_epoch = max(1, (samples + cfg.batch - 1) // cfg.batch)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    start_epoch = 1
+    state = {"step": 0, "target": 1.0, "history": []}
 
-    saved = load_checkpoint(checkpoint)
-    if saved is not None:
+    def loss(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        state["target"] = 1 - (1 - keep_fraction) * min(1.0, state["step"] / max(1.0, cfg.warmup * total_steps))
+        distill = loss_fn(idx, gates.sample())
+        gap = cost_fraction(structure, gates.expected_counts(), cost, full) - state["target"]
+        lagrangian = multipliers[0] * gap + multipliers[1] * gap ** 2
+        return distill + lagrangian, {"distill": distill, "lagrangian": lagrangian}
+
+    def after_step() -> None:
+        state["step"] += 1
+
+    def end_epoch(epoch: int, means: dict[str, float]) -> bool:
+        with torch.no_grad():
+            expected = float(cost_fraction(structure, gates.expected_counts(), cost, full))
+        row = {"epoch": epoch, "distill_loss": means["distill"], "lagrangian": means["lagrangian"],
+               "expected_kept": expected, "cost": cost, "target": state["target"],
+               "lambda1": float(multipliers[0].detach()), "lambda2": float(multipliers[1].detach())}
+        state["history"].append(row)
+        progress.log(f"  prune epoch {epoch}: distillation loss {row['distill_loss']:.4f}, expected {cost} kept "
+                     f"{expected:.1%} (target {row['target']:.1%})")
+        return False
+
+    def snapshot() -> dict:
+        return {"model": structure.model.state_dict(), "gates": gates.state_dict(), "multipliers": multipliers.detach(),
+                "optimizer": optimizer.state_dict(), "ascent": ascent.state_dict(), **state}
+
+    def restore(saved: dict) -> None:
         structure.model.load_state_dict(saved["model"])
         gates.load_state_dict(saved["gates"])
         with torch.no_grad():
             multipliers.copy_(saved["multipliers"])
         optimizer.load_state_dict(saved["optimizer"])
         ascent.load_state_dict(saved["ascent"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        history, start_epoch = saved["history"], saved["epoch"] + 1
-        progress.log(f"  resuming pruning at epoch {start_epoch} from {checkpoint.name}")
+        state.update(step=saved["step"], target=saved["target"], history=saved["history"])
 
-    step = (start_epoch - 1) * steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        order = torch.randperm(samples, generator=gen)
-        totals = {"distill": 0.0, "lagrangian": 0.0}
-        for start in progress.bar(range(0, samples, cfg.batch), desc=f"prune epoch {epoch}/{cfg.epochs}"):
-            idx = order[start:start + cfg.batch]
-            target = 1 - (1 - keep_fraction) * min(1.0, step / max(1.0, cfg.warmup * total_steps))
-            distill = loss_fn(idx, gates.sample())
-            gap = cost_fraction(structure, gates.expected_counts(), cost, full) - target
-            lagrangian = multipliers[0] * gap + multipliers[1] * gap ** 2
-            optimizer.zero_grad(set_to_none=True)
-            ascent.zero_grad(set_to_none=True)
-            (distill + lagrangian).backward()
-            multipliers.grad.neg_()  # the multipliers ascend
-            optimizer.step()
-            ascent.step()
-            step += 1
-            totals["distill"] += float(distill.detach()) * len(idx)
-            totals["lagrangian"] += float(lagrangian.detach()) * len(idx)
-        with torch.no_grad():
-            expected = float(cost_fraction(structure, gates.expected_counts(), cost, full))
-        row = {"epoch": epoch, "distill_loss": totals["distill"] / samples, "lagrangian": totals["lagrangian"] / samples,
-               "expected_kept": expected, "cost": cost, "target": target,
-               "lambda1": float(multipliers[0].detach()), "lambda2": float(multipliers[1].detach())}
-        history.append(row)
-        progress.log(f"  prune epoch {epoch}: distillation loss {row['distill_loss']:.4f}, expected {cost} kept "
-                     f"{expected:.1%} (target {target:.1%})")
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, {"epoch": epoch, "model": structure.model.state_dict(),
-                                         "gates": gates.state_dict(), "multipliers": multipliers.detach(),
-                                         "optimizer": optimizer.state_dict(), "ascent": ascent.state_dict(),
-                                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                                         "history": history})
-    return gates, history
+    def ascend() -> None:
+        multipliers.grad.neg_()  # the multipliers ascend
+
+    plan = Plan([structure.model, gates, nn.ParameterList([multipliers])], samples, cfg.batch, cfg.seed, cfg.epochs,
+                progress, "prune", checkpoint, checkpoint_every)
+    run_epochs(plan, Steps(loss, [optimizer, ascent], after_backward=ascend, after_step=after_step), end_epoch,
+               snapshot, restore)
+    return gates, state["history"]
 
 
 def _rounded(count: float, group: UnitGroup, round_to: int) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..artifacts import InputSpec
 from ..backends import get_backend
+from ..distributed import current
 from ..errors import CompressError
 from ..export.onnx_export import export_onnx
 from ..profile.latency import measure
@@ -65,7 +66,14 @@ def host_runner(ctx):
 
 def onnx_latency(modules: dict[str, nn.Module], spec: InputSpec, sample: tuple[torch.Tensor, ...], ctx,
                  runs: int = RUNS) -> tuple[dict[str, float], str]:
-    """Median ms of each module exported to FP32 ONNX and run single-threaded side by side."""
+    """Median ms of each module exported to FP32 ONNX and run single-threaded side by side. In a
+    distributed run rank 0 measures alone (ranks timing at once would slow each other) and every
+    rank gets its numbers, so all choose the same pruned structure."""
+    return current().on_main(lambda: _measured(modules, spec, sample, ctx, runs))
+
+
+def _measured(modules: dict[str, nn.Module], spec: InputSpec, sample: tuple[torch.Tensor, ...], ctx,
+              runs: int) -> tuple[dict[str, float], str]:
     make_runner, runtime = host_runner(ctx)
     arrays = tuple(x.numpy() for x in sample)
     with tempfile.TemporaryDirectory() as tmp:

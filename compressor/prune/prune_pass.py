@@ -122,6 +122,7 @@ class PrunePass(Pass):
     takes = (MODULE,)
     returns = MODULE
     needs_calibration = True
+    trains = True
     Config = PruneConfig
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
@@ -166,7 +167,8 @@ class PrunePass(Pass):
                                 lambda_lr=cfg.lambda_lr, warmup=cfg.warmup, round_to=cfg.round_to, seed=cfg.seed)
         checkpoints = ctx.checkpoints
         gates, gate_history = learn_gates(structure, gated_loss, data.samples, budget.cost, keep_fraction, settings,
-                                          ctx.progress, checkpoints / "gates.pt" if checkpoints else None)
+                                          ctx.progress, checkpoints / "gates.pt" if checkpoints else None,
+                                          cfg.checkpoint_every)
         keep, kept = choose_units(structure, gates.probabilities(), budget.cost, keep_fraction, cfg.round_to)
         counts = {name: torch.tensor(float(mask.sum())) for name, mask in keep.items()}
         after = {k: float(v) for k, v in structure.expected_cost(counts).items()}

@@ -11,6 +11,7 @@ the held-out set, which is verification's).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,9 +27,11 @@ MIN_SCALE = 1e-8
 
 def quantization_aware_distill(student: fx.GraphModule, teacher_out: torch.Tensor, inputs: tuple[torch.Tensor, ...],
                                labels: torch.Tensor | None, score: Callable[[nn.Module], Fidelity], task: str, cfg,
-                               progress: Progress, teacher_graph: fx.GraphModule | None = None) -> list[dict]:
+                               progress: Progress, teacher_graph: fx.GraphModule | None = None,
+                               checkpoint: Path | None = None) -> list[dict]:
     """Train the fake-quant `student` in place (weights and LSQ scales); it ends in its best
-    validation state. `teacher_graph`, the teacher in graph form, is needed for the feature loss."""
+    validation state. `teacher_graph`, the teacher in graph form, is needed for the feature loss;
+    `checkpoint`, where an interrupted run resumes from."""
     feats = tapped_features(teacher_graph, inputs, cfg.batch) if cfg.feature_weight > 0 and teacher_graph else None
     tap = tap_last_weighted_input(student, transparent=(FakeQuant,)) if feats is not None else None
 
@@ -49,4 +52,4 @@ def quantization_aware_distill(student: fx.GraphModule, teacher_out: torch.Tenso
 
     return train(student, inputs[0].shape[0], loss, score, cfg, progress, label="QAD",
                  param_groups=[{"params": weights, "lr": cfg.lr}, {"params": scales, "lr": cfg.lr * cfg.scale_lr_factor}],
-                 after_step=keep_scales_positive)
+                 after_step=keep_scales_positive, checkpoint=checkpoint)

@@ -80,6 +80,7 @@ class QuantizePass(Pass):
     returns = MODULE
     version = "3"
     needs_calibration = True
+    trains = True
     Config = QuantizeConfig
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
@@ -164,7 +165,8 @@ class QuantizePass(Pass):
 
         teacher_graph = to_graph_module(teacher, spec)[0] if cfg.feature_weight > 0 else None
         history = quantization_aware_distill(student, teacher_train, train, labels, validation_score, spec.task, cfg,
-                                             ctx.progress, teacher_graph) if cfg.epochs and metrics["int8_layers"] else []
+                                             ctx.progress, teacher_graph, ctx.checkpoints / "qad.pt" if ctx.checkpoints else None
+                                             ) if cfg.epochs and metrics["int8_layers"] else []
         qad_metric = held_out_metric(student)
         ctx.progress.log(f"  {metric_name}: QAD {qad_metric:.4f}")
         metrics.update(ptq_metric=ptq_metric, qad_metric=qad_metric, qad_history=history)

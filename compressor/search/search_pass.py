@@ -77,6 +77,7 @@ class SearchPass(Pass):
     takes = (MODULE,)
     returns = MODULE
     needs_calibration = True  # DisWOT compares the networks on real samples
+    trains = True  # AutoDistil's supernet
     Config = SearchConfig
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
