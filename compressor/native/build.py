@@ -8,6 +8,8 @@ there) and then in ``<repo>/native/ops`` (source checkout, editable install).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -265,21 +267,42 @@ def _compile_and_load(with_cuda: bool) -> None:
     _state["build_dir"] = str(build_dir)
     from torch.utils import cpp_extension
 
-    cpp_extension.load(
-        name=plan["name"],
-        sources=plan["sources"],
-        extra_cflags=plan["cflags"],
-        extra_ldflags=plan["ldflags"],
-        extra_cuda_cflags=["-O3"] if with_cuda else None,
-        build_directory=str(build_dir),
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=False,
-    )
+    with _builder_lock(build_dir):
+        cpp_extension.load(
+            name=plan["name"],
+            sources=plan["sources"],
+            extra_cflags=plan["cflags"],
+            extra_ldflags=plan["ldflags"],
+            extra_cuda_cflags=["-O3"] if with_cuda else None,
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
     library = build_dir / f"{plan['name']}{'.pyd' if os.name == 'nt' else '.so'}"
     _state.update(built=_ops_registered(), with_cuda=with_cuda, library=str(library))
     if not _state["built"]:
         raise RuntimeError(f"{library} loaded but registered no torch.ops.compressor ops")
+
+
+@contextlib.contextmanager
+def _builder_lock(build_dir: Path):
+    """Serialise builders of one cache folder with an OS lock, which dies with its process.
+
+    torch's own build lock (the file `lock` in the build folder) is a plain file: a build killed
+    mid-way (Ctrl-C, a killed worker) leaves it behind and every later load waits on it forever.
+    Whoever holds our flock is the only builder, so a `lock` file seen then is such a leftover.
+    """
+    with open(build_dir / "builder.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists():
+            log.warning("compressor native ops: removing %s, left by a build that was killed", stale)
+            stale.unlink(missing_ok=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build_info() -> dict:
