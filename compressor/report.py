@@ -100,7 +100,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             gate = v.get("min_retrieval_agreement")
             rows.append(("rank-1 retrieval agreement", f"{v['engine_metric']['retrieval_agreement']:.3f} with the "
                          "teacher " + (f"(gated: at least {gate})" if gate else "(reported, not gated on this target)")))
-        where = " (host QDQ reference, not the device)" if v.get("latency_stand_in") else ""
+        where = f" ({v.get('latency_where', 'host QDQ reference, not the device')})" if v.get("latency_stand_in") else ""
         for label, lat in v.get("latency", {}).items():
             line = (f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
                     f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)")
@@ -219,7 +219,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Parity (engine vs the PyTorch module it was exported from)", "", "| measure | value |", "|---|---|"]
         lines += [f"| {k} | {val:.6g} |" for k, val in v["parity"].items()]
         lines += ["", "## Latency (batch 1, median of interleaved runs)", ""]
-        if v.get("latency_stand_in"):
+        if v.get("latency_where"):
+            lines += [f"Measured in {v['runtime']}: {v['latency_where']}.", ""]
+        elif v.get("latency_stand_in"):
             lines += [f"The device engine is built on the device, so these are the ONNX file's times in "
                       f"{v['runtime']} on this host, a stand-in that says nothing about the device's speed. "
                       f"Time the built engine where its runtime is installed: `compress profile ENGINE`.", ""]

@@ -180,6 +180,8 @@ class VerifyPass(Pass):
                 baseline.unlink()  # the teacher's size again: only its timing and size are kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
             metrics["latency_stand_in"] = check.latency_stand_in
+            if check.latency_where:
+                metrics["latency_where"] = check.latency_where
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
