@@ -74,10 +74,13 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     ctx.progress.log(f"  compiling for the HTP v{htp.htp_arch} (soc_model {htp.soc_model}) in the QNN HTP simulator")
     engine = compile_context(static, workdir / ENGINE_DIR, htp, fallback)
     binaries = sorted(p.name for p in engine.parent.glob("*.bin"))
+    shipped = engine.stat().st_size + sum((engine.parent / b).stat().st_size for b in binaries)
+    # the context model only names the compiled graph: what an app ships is both files
     meta = {**artifact.meta, "engine_built": True, "onnx": f"../{STATIC_QDQ}",
-            "publish": {ENGINE_DIR: ".", "model.onnx": f"../{STATIC_QDQ}"}}
+            "publish": {ENGINE_DIR: ".", "model.onnx": f"../{STATIC_QDQ}"},
+            "device_bytes": {"bytes": shipped, "what": "context model + compiled HTP graph"}}
     metrics = {"engine_built": True, "htp_arch": htp.htp_arch, "soc_model": htp.soc_model,
                "input_shapes": {k: list(v) for k, v in shapes.items()}, "context_model": CONTEXT_MODEL,
-               "context_binaries": binaries, "context_bytes": sum((engine.parent / b).stat().st_size for b in binaries),
+               "context_binaries": binaries, "context_bytes": shipped,
                "cpu_fallback_allowed": fallback, "cpu_nodes": [p.as_dict() for p in on_cpu]}
     return PassResult(Artifact(ENGINE, artifact.spec, sha256_file(engine), path=engine, meta=meta), metrics)
