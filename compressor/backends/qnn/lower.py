@@ -16,7 +16,7 @@ import onnx
 from ...artifacts import ENGINE, Artifact, sha256_file, write_atomic
 from ...errors import CompressError, first_line
 from ...passes import PassResult, RunContext
-from .prepare import fix_shapes
+from .prepare import fix_shapes, fuse_erf_gelu
 from .runtime import HtpOptions, create_session, session_options
 from .support import Placement, cpu_nodes
 
@@ -63,7 +63,9 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
     htp = HtpOptions.of(target)
     shapes = input_shapes(ctx, artifact.spec)
     static = workdir / STATIC_QDQ
-    write_atomic(static, fix_shapes(onnx.load(str(artifact.path)), shapes).SerializeToString())
+    model = onnx.load(str(artifact.path))
+    gelus = fuse_erf_gelu(model)
+    write_atomic(static, fix_shapes(model, shapes).SerializeToString())
     fallback = target.settings.allow_cpu_fallback
     on_cpu = cpu_nodes(static, htp)
     if on_cpu and not fallback:
@@ -80,7 +82,7 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
             "publish": {ENGINE_DIR: ".", "model.onnx": f"../{STATIC_QDQ}"},
             "device_bytes": {"bytes": shipped, "what": "context model + compiled HTP graph"}}
     metrics = {"engine_built": True, "htp_arch": htp.htp_arch, "soc_model": htp.soc_model,
-               "input_shapes": {k: list(v) for k, v in shapes.items()}, "context_model": CONTEXT_MODEL,
+               "input_shapes": {k: list(v) for k, v in shapes.items()}, "gelus_fused": gelus, "context_model": CONTEXT_MODEL,
                "context_binaries": binaries, "context_bytes": shipped,
                "cpu_fallback_allowed": fallback, "cpu_nodes": [p.as_dict() for p in on_cpu]}
     return PassResult(Artifact(ENGINE, artifact.spec, sha256_file(engine), path=engine, meta=meta), metrics)
