@@ -168,3 +168,41 @@ def test_kept_layers_get_uint16_activations_that_the_htp_runs(trained_res, tmp_p
                and inits[n.input[0]].dims and len(inits[n.input[0]].dims) > 1]
     assert weights and all(w.data_type == onnx.TensorProto.INT8 for w in weights)  # a16w8: weights stay int8
     assert passes["lower"]["cpu_nodes"] == [] and passes["verify"]["parity"]["top1_agreement"] >= 0.995
+
+
+def test_exact_gelu_becomes_one_op_with_the_same_values(tmp_path):
+    import onnxruntime as ort
+
+    from compressor.backends.qnn.prepare import fuse_erf_gelu
+
+    path = tmp_path / "gelu.onnx"
+    torch.onnx.export(nn.Sequential(nn.Linear(4, 8), nn.GELU()), (torch.rand(2, 4),), str(path), dynamo=False,
+                      opset_version=18, input_names=["x"])
+    model = onnx.load(str(path))
+    assert "Erf" in {n.op_type for n in model.graph.node}
+    assert fuse_erf_gelu(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "Erf" not in ops and ops.count("Gelu") == 1
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    after = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(after, before, atol=1e-6)
+
+
+@needs_qnn
+@pytest.mark.slow
+def test_minilm_runs_on_the_htp(tmp_path):
+    """The MiniLM sample on the HTP (a16w8 where the accuracy budget asks): mean cosine to the float
+    encoder at least 0.98 on the held-out sentences, and no node left on the CPU."""
+    from conftest import sample_module
+
+    try:
+        folder = sample_module("samples/minilm/locate.py", "minilm_locate").model_folder()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    config = tmp_path / "minilm.toml"
+    config.write_text("[quantize]\nepochs = 0\n[verify]\nlatency_runs = 3\nwarmup = 1\n")
+    result = compress(folder, target="npu", calib="minilm", out=tmp_path / "run", config=config)
+    passes = {p["name"]: p["metrics"] for p in result.report["passes"]}
+    assert passes["lower"]["cpu_nodes"] == [] and passes["lower"]["gelus_fused"] == 6
+    assert passes["verify"]["parity"]["teacher_cosine_engine"] >= 0.98
