@@ -3,7 +3,7 @@
 A FakeQuant module is in one of four states: "observe" (collect calibration statistics, pass
 values through), "quantize" (LSQ fake quantization through `compressor.native`, fused kernels
 when built), "off" (kept in float), or "wide" (kept in the target's 16-bit fallback, QNN's a16w8:
-an activation quantizer covers its calibrated range on the 16-bit grid, 256x finer; a weight
+an activation quantizer covers its calibrated range on the 16-bit grid, 257x finer; a weight
 quantizer stays 8-bit). Under `export_mode` it emits
 `fake_quantize_per_{tensor,channel}_affine`, which the ONNX exporter writes as a standard
 QuantizeLinear/DequantizeLinear pair, with the scale and zero point as plain initializers.
@@ -66,7 +66,7 @@ class FakeQuant(nn.Module):
         if self.state == WIDE and self.axis is None:
             scale, zero = self.wide_qparams()
             lo, hi = self.wide.qrange
-            if self.exporting:  # an 8-bit placeholder: qdq.widen gives the exported pair the 16-bit values
+            if self.exporting:  # an 8-bit placeholder: qdq.widen_activations gives the pair its 16-bit values
                 return torch.fake_quantize_per_tensor_affine(x, self.export_scale, self.export_zero, 0, 255)
             return native.lsq_fake_quant(x, scale, lo, hi, None, zero_point=zero)
         if self.exporting:
