@@ -102,6 +102,14 @@ def test_mnist_cnn_compiles_to_a_context_model_that_reloads_agrees_and_runs_in_t
     reloaded = QnnRunner(engine)
     assert reloaded.cpu_nodes == [] and reloaded(x).shape == (3, 10)
 
+    # the QNN profiler's per-node HTP cycles for the same file
+    from compressor.backends.qnn.profiling import profile_nodes
+
+    profile = profile_nodes(engine, [x[:1]], runs=1)
+    convs = [r for r in profile["nodes"] if "Conv" in r["node"]]
+    assert convs and all(r["cycles"] > 0 for r in convs) and profile["execute_cycles"] > 0
+    assert "simulator" in profile["source"]
+
     # the app sample (samples/apps/qnn) classifies digits with it, on the HTP backend only
     from compressor.datasets.mnist import load_mnist_split
 
