@@ -77,6 +77,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             lat = low["latency"]
             rows.append(("C engine host latency", f"{lat['engine_host_ms']:.3f} ms vs onnxruntime int8 "
                                                   f"{lat['ort_int8_ms']:.3f} ms ({lat['engine_over_ort']:.2f}x)"))
+    if "context_model" in low:  # the QNN backend's EP context model
+        cpu = low["cpu_nodes"]
+        where = (f"{len(cpu)} node(s) fell back to the CPU: " + "; ".join(f"{n['name']} ({n['op']}): {n['reason']}"
+                                                                        for n in cpu)) if cpu else "every node on the HTP"
+        rows.append(("QNN HTP context", f"HTP v{low['htp_arch']}, soc_model {low['soc_model']}; context model + "
+                                        f"binary {low['context_bytes']} B; {where}"))
     if "integer_kernels" in low:
         rows.append(("onnxruntime kernels", f"{low['integer_kernels']} integer, {low['float_compute']} float compute"))
     v = _verify_metrics(report)

@@ -158,6 +158,8 @@ def test_a_rejected_node_fails_the_run_by_name_unless_cpu_fallback_is_allowed(tm
     low = {p["name"]: p["metrics"] for p in result.report["passes"]}["lower"]
     assert "Erf" in {n["op"] for n in low["cpu_nodes"]}
     assert all(n["reason"] for n in low["cpu_nodes"])
+    report = (tmp_path / "fallback" / "report.md").read_text()
+    assert "fell back to the CPU" in report and "(Erf): Operators of type `Erf` are not supported" in report
 
 
 @needs_qnn
