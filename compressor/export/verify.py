@@ -50,10 +50,13 @@ class VerifyConfig:
     latency_runs: int = 0  # 0: the target profile's budget
     warmup: int = 10
     metric: str = ""  # "" = the task's default evaluator
+    # 0: every held-out sample; N: the first N (an engine that runs in a slow simulator; the report
+    # gives the number verified)
+    max_samples: int = 0
 
     def __post_init__(self):
-        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0:
-            raise ValueError("batch must be >= 1, latency_runs and warmup >= 0")
+        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0 or self.max_samples < 0:
+            raise ValueError("batch must be >= 1, latency_runs, warmup and max_samples >= 0")
 
 
 def torch_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int, progress=None) -> np.ndarray:
@@ -149,17 +152,19 @@ class VerifyPass(Pass):
         check = get_backend(ctx.target.backend, planned=True).verification(artifact)
         runner = check.runner(None)
         source = ctx.last_module()
-        ctx.progress.log(f"  parity on {data.num_holdout} held-out samples ({data.recipe})")
-        engine_out = engine_outputs(runner, data.holdout, cfg.batch, ctx.progress)
-        source_out = torch_outputs(source.module, data.holdout, cfg.batch, ctx.progress)
-        teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, data.holdout, cfg.batch)
-        labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
+        count = min(cfg.max_samples or data.num_holdout, data.num_holdout)
+        holdout = tuple(x[:count] for x in data.holdout)
+        ctx.progress.log(f"  parity on {count} held-out samples ({data.recipe})")
+        engine_out = engine_outputs(runner, holdout, cfg.batch, ctx.progress)
+        source_out = torch_outputs(source.module, holdout, cfg.batch, ctx.progress)
+        teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, holdout, cfg.batch)
+        labels = data.holdout_labels[:count].numpy() if data.holdout_labels is not None else None
         metric_name, evaluate = get_evaluator(cfg.metric or None, spec.task)
         precision = artifact.meta.get("precision", "fp32")
         metrics = {
             "runtime": check.runtime,
             "precision": precision,
-            "holdout_samples": data.num_holdout,
+            "holdout_samples": count,
             "parity": with_teacher_cosines(parity(engine_out, source_out, spec.task), engine_out, source_out, teacher_out),
             "metric_name": metric_name,
             "teacher_metric": evaluate(teacher_out, teacher_out, labels),
