@@ -73,7 +73,8 @@ def float_cost(gm: fx.GraphModule, layers: list[Layer], kept: list[str]) -> dict
             out = user.meta.get("val")
             positions = 1  # output positions per sample: a conv's pixels, a token sequence's tokens
             if isinstance(out, torch.Tensor) and out.dim() > 2:
-                positions = out[0, 0].numel() if op_kind(user) == "conv" else out[0, ..., 0].numel()
+                # int(): a dynamic dimension's size is a symbolic number, which the report cannot format
+                positions = int(out[0, 0].numel() if op_kind(user) == "conv" else out[0, ..., 0].numel())
             sizes[user.name] = (weight.numel(), weight.numel() * positions)
     names = {layer.node for layer in layers}
     total_w = sum(w for n, (w, _) in sizes.items() if n in names) or 1
