@@ -87,12 +87,15 @@ def _overrides(**by_pass: dict) -> dict:
 @click.option("--search", "search_student", is_flag=True,
               help="With --macs-budget / --latency-budget: search a new student architecture (DisWOT, no training) "
                    "and distill it, instead of pruning: the pipeline becomes search, distill + the target's passes.")
+@click.option("--device", default=None,
+              help="Verify parity and latency on this device: ssh://[user@]host[:port][?python=PATH] or an ssh "
+                   "config alias (see `compress profile --help`); default: here.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json to stdout at the end.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def run_command(model, target, calib, out, passes, config, resume, force, model_class, model_args, allow_pickle,
                 input_shape, input_dtype, task, keep_float, accuracy_budget, sparsity, macs_budget, latency_budget,
-                search_student, quiet, as_json, debug):
+                search_student, device, quiet, as_json, debug):
     """Compress MODEL for a target device and verify the engine."""
     from .api import RunOptions, run
     from .model_io import LoadOptions, parse_input_shapes
@@ -110,11 +113,16 @@ def run_command(model, target, calib, out, passes, config, resume, force, model_
                            input_dtype=input_dtype, task=task)
         if search_student and sparsity is not None:
             raise CompressError("--sparsity prunes; with --search give --macs-budget or --latency-budget")
+        if device:  # a device that cannot be reached fails now, not after minutes of compressing
+            from .profile.devices import open_device
+
+            open_device(device).check()
         budgets = {"macs_budget": macs_budget, "latency_budget": latency_budget}
         options = RunOptions(out=out, passes=[p.strip() for p in passes.split(",") if p.strip()] if passes else None,
                              config=config, resume=resume, force=force, quiet=quiet, load=load,
                              overrides=_overrides(
                                  quantize={"keep_float": keep_float, "accuracy_budget": accuracy_budget},
+                                 verify={"device": device},
                                  **({"search": budgets} if search_student else
                                     {"prune": {"sparsity": sparsity, **budgets}})))
         result = run(model, target, calib, options)
@@ -161,30 +169,37 @@ def targets_command():
 
 
 @main.command("profile")
-@click.argument("engine", type=click.Path(path_type=Path))
+@click.argument("engines", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--runs", default=200, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--per-layer", is_flag=True, help="Per-node breakdown (ONNX engines, onnxruntime's profiler).")
+@click.option("--per-layer", is_flag=True, help="Per-layer times (the runtime's profiler; C engine: timers "
+                                                "in the kernels, and instruction counts with --device qemu).")
+@click.option("--device", default=None, help="Where to run: here (default), qemu (C engine: its RISC-V build in "
+                                             "qemu-user), or ssh://[user@]host[:port][?python=PATH] (or a host alias "
+                                             "of your ssh config).")
+@click.option("--chart", type=click.Path(path_type=Path), default=None, help="Write a PNG of time per layer.")
+@click.option("--top", default=15, show_default=True, type=click.IntRange(min=1), help="Layers in the table.")
 @click.option("--json", "as_json", is_flag=True)
-def profile_command(engine, runs, threads, per_layer, as_json):
-    """Measure an engine's latency here (batch 1; a dynamic sequence length is timed at 128)."""
-    from .profile.engine import per_node, profile_engine
+def profile_command(engines, runs, threads, per_layer, device, chart, top, as_json):
+    """Measure ENGINE's latency (batch 1; a dynamic sequence length at 128); with two engines A B,
+    run them alternately in one process and give B's time over A's with its noise."""
+    from .profile.engine import profile_engines, table
+    from .profile.profiler import Settings
 
     try:
-        result = profile_engine(engine, runs=runs, threads=threads, progress=Progress(as_json))
-        if per_layer:
-            if engine.suffix != ".onnx":
-                raise CompressError("--per-layer needs an ONNX engine (onnxruntime's profiler)")
-            result["per_layer"] = per_node(engine, runs=min(runs, 50), threads=threads)
+        if len(engines) > 2:
+            raise CompressError("profile takes one engine, or two to compare (A B)")
+        settings = Settings(runs=runs, warmup=min(20, runs), threads=threads,
+                            per_layer_runs=min(runs, 50) if per_layer or chart else 0)
+        result = profile_engines(list(engines), settings, device)
+        if chart:
+            from .profile.charts import layer_chart
+
+            last = result["engines"][-1]
+            layer_chart(last["layers"], chart, f"{last['engine']}: ms per layer on {result['device']}")
     except CompressError as e:
         _fail(e, False)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(f"{engine}: median {result['median_ms']:.3f} ms, p90 {result['p90_ms']:.3f} ms over {result['runs']} runs, "
-               f"{threads} thread(s), inputs {result['input_shapes']}")
-    for row in result.get("per_layer", [])[:20]:
-        click.echo(f"  {row['mean_ms']:8.3f} ms  {row['op']:<16} {row['node']}")
+    click.echo(json.dumps(result, indent=2) if as_json else table(result, top))
 
 
 @main.command("inspect")

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import write_atomic
+from .profile.charts import tradeoff_chart
+from .profile.report import device_latency_rows, device_latency_section, layer_section, pass_folder
+from .profile.tradeoff import tradeoff, tradeoff_section
 from .search.report import search_rows, search_section
 
 _LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxscript", "numpy", "transformers", "optimum", "nncf")
@@ -25,6 +28,10 @@ def library_versions() -> dict[str, str]:
 
 
 def write_reports(run_dir: Path, report: dict[str, Any]) -> None:
+    report["tradeoff"] = tradeoff(report)  # pruned or searched runs: accuracy vs latency, and its chart
+    if report["tradeoff"]:
+        t = report["tradeoff"]
+        tradeoff_chart(t["points"], run_dir / t["chart"], "accuracy vs latency", t["x"], t["metric"])
     write_atomic(run_dir / "report.json", json.dumps(report, indent=2, default=str) + "\n")
     write_atomic(run_dir / "report.md", markdown(report))
 
@@ -98,7 +105,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         elif v["precision"] != "fp32" and "teacher_cosine_engine" in par:
             line += (f"; cosine to the teacher: engine {par['teacher_cosine_engine']:.4f}, "
                      f"module {par['teacher_cosine_module']:.4f}")
-        rows.append((f"parity ({v['precision']}, {v.get('runtime', 'onnxruntime')})", line))
+        on = f", measured on {v['parity_measured_on']['host']}" if v.get("parity_measured_on") else ""
+        rows.append((f"parity ({v['precision']}, {v.get('runtime', 'onnxruntime')}{on})", line))
         rows.append((f"{v['metric_name']} ({'labels' if v['labels'] else 'vs teacher'})",
                      f"teacher {v['teacher_metric']['metric']:.4f} -> engine {v['engine_metric']['metric']:.4f} "
                      f"(drop {v['metric_drop']:+.4f}) on {v['holdout_samples']} held-out samples"))
@@ -114,6 +122,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                 line += (f"; FP32 onnxruntime {lat['fp32_onnx']['median_ms']:.3f} ms "
                          f"(engine {lat['engine_over_fp32_onnx']:.2f}x of it)")
             rows.append((f"latency {label.replace('_', ' ')}{where}", line))
+        rows += device_latency_rows(v)
     for p in report.get("passes", []):
         rows.append((f"pass {p['name']}", f"{p['status']} in {p['seconds']:.1f} s"))
     if report.get("engine"):
@@ -236,7 +245,8 @@ def markdown(report: dict[str, Any]) -> str:
         head = ["threads", "PyTorch eager ms (p90)", "engine ms (p90)", "speedup"]
         if baseline:  # the teacher as FP32 ONNX in the engine's runtime: what quantizing bought
             head += ["FP32 onnxruntime ms (p90)", "engine / FP32 onnxruntime"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if latency:  # none here when the engine was timed on a device (device_latency_section)
+            lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for lat in latency.values():
             cells = [str(lat["threads"]), f"{lat['pytorch']['median_ms']:.3f} ({lat['pytorch']['p90_ms']:.3f})",
                      f"{lat['engine']['median_ms']:.3f} ({lat['engine']['p90_ms']:.3f})", f"{lat['speedup']:.2f}x"]
@@ -246,9 +256,11 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         if v.get("fp32_onnx_baseline_error"):
             lines += ["", f"No FP32 onnxruntime baseline: the teacher did not export ({v['fp32_onnx_baseline_error']})."]
+        lines += device_latency_section(v) + layer_section(v, pass_folder(report, "verify"))
     lines += search_section(_pass_metrics(report, "search"), next((r for r in report.get("passes", [])
                                                                    if r["name"] == "search"), {}))
     lines += _prune_section(report)
+    lines += tradeoff_section(report.get("tradeoff"))
     q = _pass_metrics(report, "quantize")
     if q.get("sensitivity"):
         lines += ["", f"## Quantization sensitivity (one layer quantized at a time, {q['scheme']} scheme)", "",

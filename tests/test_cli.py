@@ -209,8 +209,9 @@ def test_profile_measures_an_onnx_engine_with_a_per_layer_breakdown(models, tmp_
     result = CliRunner().invoke(main, ["profile", str(path), "--runs", "20", "--per-layer", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["median_ms"] > 0 and report["input_shapes"] == [[1, 1, 28, 28]]
-    assert {row["op"] for row in report["per_layer"]} & {"Conv", "FusedConv", "Gemm"}
+    engine = report["engines"][0]
+    assert engine["median_ms"] > 0 and engine["input_shapes"] == [[1, 1, 28, 28]]
+    assert {row["op"] for row in engine["layers"]} & {"Conv", "FusedConv", "Gemm"}
 
     bad = tmp_path / "model.tflite"
     bad.write_bytes(b"x")

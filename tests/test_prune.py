@@ -108,6 +108,13 @@ def test_pruned_cnn_is_physically_smaller_within_budget_and_verified(trained_res
     export_onnx(teacher.module, teacher.spec, teacher_onnx)
     before, after = _conv_weights(teacher_onnx), _conv_weights(result.engine)
     assert sum(torch.Size(s).numel() for s in after) < sum(torch.Size(s).numel() for s in before)
+    # accuracy vs latency of teacher, pruned and final engine, each timed against the teacher
+    trade = result.report["tradeoff"]
+    assert [p["label"] for p in trade["points"]] == ["teacher", "pruned FP32", "final engine"]
+    verify = result.report["passes"][-1]["metrics"]
+    assert trade["points"][2]["time_vs_teacher"] == verify["latency"]["1_thread"]["engine_over_fp32_onnx"]
+    assert (tmp_path / "run" / "tradeoff.png").is_file()
+    assert "![accuracy vs latency](tradeoff.png)" in (tmp_path / "run" / "report.md").read_text()
     assert result.report["status"] == "ok"
     md = (result.run_dir / "report.md").read_text()
     assert "## Structured pruning (CoFi)" in md and "pruned FP32 latency" in md

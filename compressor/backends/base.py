@@ -7,12 +7,14 @@ know about an engine, in one object per engine.
     run = backend.runner(path, threads)             # the one way anything runs an engine
     y = run(x1, x2)                                 # numpy in (batch first), first output out
     check = backend.verification(artifact)          # how `verify` runs and labels a lowered artifact
+    profiler = backend.profiler()                   # per-layer profiling, here or on a device
 
 A new engine subclasses Backend, sets its class attributes and registers an instance with
 `compressor.backends.register_backend`; nothing else in the code base names it.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -87,6 +89,18 @@ class Backend:
         """(shape, dtype) of each input of the engine a runner opened; a dynamic dimension may be
         a name ("batch", "sequence"). For `compress profile`'s example inputs."""
         raise CompressError(f"the {self.name} backend cannot list its engine's inputs")
+
+    # "module:attribute" of this engine kind's profiler (compressor.profile.profiler.EngineProfiler:
+    # latency and per-layer times here or on a device), imported on first use; "" for none
+    profiler_ref: str = ""
+
+    def profiler(self):
+        """This engine kind's profiler, for `compress profile` and verify's per-layer times and
+        `--device`; None where it has none."""
+        if not self.profiler_ref:
+            return None
+        module, attribute = self.profiler_ref.split(":")
+        return getattr(importlib.import_module(module), attribute)
 
     def opens(self, path: Path) -> bool:
         return Path(path).suffix in self.suffixes

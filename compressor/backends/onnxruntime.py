@@ -53,6 +53,7 @@ class OnnxruntimeBackend(Backend):
     """The ONNX file is the engine, run here with every optimization (integer kernels included)."""
 
     name = "onnxruntime"
+    profiler_ref = "compressor.profile.ort:PROFILER"
     suffixes = (".onnx",)
     runs_on_host = True
     fp32_onnx_baseline = True

@@ -7,6 +7,9 @@ single thread and all threads, side by side in one process (profile.latency). Th
 says how its lowered artifact runs here and how the report labels it (Backend.verification); a
 quantized engine of a backend that asks for it (onnxruntime) is also timed against the teacher
 exported to FP32 ONNX in the same runtime: what int8 buys over exporting the model as it is.
+With `device` (`compress --device ssh://...`), the engine's outputs and its time against the
+teacher's FP32 engine (alternately, one process) are measured on that device by the backend's
+profiler (profile.on_device); every run adds the engine's time per layer from that profiler.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ import torch
 
 from ..artifacts import ENGINE, ONNX, Artifact
 from ..backends import get_backend
-from ..errors import VerificationError, first_line
+from ..errors import CompressError, VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
 from ..passes import Pass, PassResult, RunContext, register
+from ..profile.devices import open_device
 from ..profile.latency import measure, ratio_with_noise, speed_verdict
+from ..profile.on_device import device_latency, layer_profile
 
 # Quantized engines differ from their fake-quant module by rounding at a few boundaries.
 QUANTIZED_MIN_TOP1_AGREEMENT = 0.995
@@ -50,13 +55,15 @@ class VerifyConfig:
     latency_runs: int = 0  # 0: the target profile's budget
     warmup: int = 10
     metric: str = ""  # "" = the task's default evaluator
+    device: str = ""  # --device: parity and latency on that device (profile.devices), not here
+    layer_runs: int = 20  # calls profiled per layer by the engine's profiler (0: no per-layer times)
     # 0: every held-out sample; N: the first N (an engine that runs in a slow simulator; the report
     # gives the number verified)
     max_samples: int = 0
 
     def __post_init__(self):
-        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0 or self.max_samples < 0:
-            raise ValueError("batch must be >= 1, latency_runs, warmup and max_samples >= 0")
+        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0 or self.layer_runs < 0 or self.max_samples < 0:
+            raise ValueError("batch must be >= 1, latency_runs, warmup, layer_runs and max_samples >= 0")
 
 
 def torch_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int, progress=None) -> np.ndarray:
@@ -140,6 +147,15 @@ def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | No
     return path, None
 
 
+def on_device_profiler(backend, artifact: Artifact, check, device):
+    """The profiler that runs the lowered engine on `device`; an error where it is not such an engine."""
+    profiler = backend.profiler()
+    if profiler is None or not backend.opens(artifact.path):
+        raise CompressError(f"--device {device.label}: the {backend.name} target's engine ({check.runtime}) cannot "
+                            "be verified on a device from here: copy the run folder there")
+    return profiler
+
+
 @register
 class VerifyPass(Pass):
     name = "verify"
@@ -149,13 +165,18 @@ class VerifyPass(Pass):
 
     def run(self, artifact: Artifact, ctx: RunContext, workdir: Path) -> PassResult:
         cfg, data, spec = self.config, ctx.data, artifact.spec
-        check = get_backend(ctx.target.backend, planned=True).verification(artifact)
-        runner = check.runner(None)
+        backend = get_backend(ctx.target.backend, planned=True)
+        check = backend.verification(artifact)
+        device = open_device(cfg.device or None)
         source = ctx.last_module()
         count = min(cfg.max_samples or data.num_holdout, data.num_holdout)
         holdout = tuple(x[:count] for x in data.holdout)
-        ctx.progress.log(f"  parity on {count} held-out samples ({data.recipe})")
-        engine_out = engine_outputs(runner, holdout, cfg.batch, ctx.progress)
+        ctx.progress.log(f"  parity on {count} held-out samples ({data.recipe}) on {device.label}")
+        if device.remote:
+            engine_out, ran = on_device_profiler(backend, artifact, check, device).outputs(
+                artifact.path, [x.numpy() for x in holdout], device, cfg.batch)
+        else:
+            engine_out = engine_outputs(check.runner(None), holdout, cfg.batch, ctx.progress)
         source_out = torch_outputs(source.module, holdout, cfg.batch, ctx.progress)
         teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, holdout, cfg.batch)
         labels = data.holdout_labels[:count].numpy() if data.holdout_labels is not None else None
@@ -172,21 +193,31 @@ class VerifyPass(Pass):
             "labels": labels is not None,
         }
         metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
-        if check.timed:  # not the C engine: it is timed in its lower pass
+        if device.remote:
+            metrics["parity_measured_on"] = {k: ran.get(k) for k in ("host", "pid", "ssh_connection")}
+        sample = [x[:1].numpy() for x in data.holdout]
+        if check.timed or device.remote:  # here the C engine is timed in its lower pass
             baseline = None
-            if precision != "fp32" and check.fp32_baseline:
+            # the teacher's FP32 engine, unless the engine is the teacher itself in FP32
+            if check.fp32_baseline and (precision != "fp32" or source is not ctx.reference):
                 baseline, why = fp32_baseline(ctx, workdir)
                 if why:
                     metrics["fp32_onnx_baseline_error"] = why
                     ctx.progress.log(f"  no FP32 onnxruntime baseline for the latency (the teacher did not export: {why})")
-            metrics["latency"] = self._latency(ctx, check.runner, baseline)
+            if device.remote:  # the engine against the teacher's FP32 engine, alternately on the device
+                runs = self.config.latency_runs or ctx.target.latency_runs
+                metrics["device_latency"] = device_latency(artifact.path, baseline, sample, device, runs)
+            else:
+                metrics["latency"] = self._latency(ctx, check.runner, baseline)
             if baseline is not None:
                 metrics["fp32_onnx_bytes"] = baseline.stat().st_size  # the size baseline in the same format
                 baseline.unlink()  # the teacher's size again: only its timing and size are kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
-            metrics["latency_stand_in"] = check.latency_stand_in
-            if check.latency_where:
+            metrics["latency_stand_in"] = check.latency_stand_in and not device.remote
+            if check.latency_where and not device.remote:
                 metrics["latency_where"] = check.latency_where
+        if cfg.layer_runs and backend.profiler() is not None and backend.opens(artifact.path):
+            metrics["layer_profile"] = layer_profile(artifact.path, sample, device, cfg.layer_runs, workdir)
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")

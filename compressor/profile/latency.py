@@ -43,9 +43,18 @@ def measure(variants: dict[str, Callable[[], object]], runs: int = 100, warmup: 
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": float(np.median(t)), "p90_ms": float(np.percentile(t, 90)), "runs": len(t),
-                   "part_medians_ms": [float(np.median(c)) for c in np.array_split(np.asarray(t), PARTS) if len(c)]}
-            for name, t in times.items()}
+    return {name: summarize(t) for name, t in times.items()}
+
+
+def summarize(times_ms: list[float]) -> dict:
+    """Statistics of one variant's call times (ms, in the order they were taken): median, p90, p99,
+    min, calls per second at the median, and the medians of the run's consecutive parts (for
+    `ratio_with_noise`)."""
+    t = np.asarray(times_ms, dtype=float)
+    median = float(np.median(t))
+    return {"median_ms": median, "p90_ms": float(np.percentile(t, 90)), "p99_ms": float(np.percentile(t, 99)),
+            "min_ms": float(t.min()), "throughput_per_s": 1e3 / median if median > 0 else float("inf"),
+            "runs": len(t), "part_medians_ms": [float(np.median(c)) for c in np.array_split(t, PARTS) if len(c)]}
 
 
 def ratio_with_noise(a: dict[str, float], b: dict[str, float]) -> tuple[float, float]:

@@ -135,6 +135,7 @@ def generate(onnx_path: Path, out_dir: Path, name: str = "model", dims: dict[str
         "macs": graph.macs,
         "n_ops": len(graph.ops),
         "ops": kinds,
+        "layers": [{"kind": op.kind, "node": op.node} for op in graph.ops],  # kernel calls in order (profiling)
         "toolchain": toolchain.to_json(),
         "files": sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()
                         and "build" not in p.parts),

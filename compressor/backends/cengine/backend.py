@@ -69,6 +69,7 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
 
 class CEngineBackend(Backend):
     name = "cengine"
+    profiler_ref = "compressor.profile.cengine:PROFILER"
     # a RISC-V board's engine: the host build that verify runs stands in for it
     runs_on_host = False
     # The runner starts a process per call, which would time the process, not the engine: `lower`
@@ -80,6 +81,12 @@ class CEngineBackend(Backend):
 
     def lower(self, artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
         return lower(artifact, ctx, workdir, config)
+
+    def opens(self, path: Path) -> bool:
+        """An engine folder (with its engine.json), or its model.c / engine.json."""
+        path = Path(path)
+        return (path / "engine.json").is_file() if path.is_dir() else (
+            path.name in ("model.c", "engine.json") and (path.parent / "engine.json").is_file())
 
     def runner(self, path: Path, threads: int | None = None) -> EngineRunner:
         """The host build of the engine whose model.c (or directory) is `path`."""

@@ -32,6 +32,7 @@ def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassRes
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
+    profiler_ref = "compressor.profile.tensorrt:PROFILER"
     suffixes = (".engine", ".plan")
     # TensorRT builds an engine only where it runs (the Jetson): one built here is timed for real
     runs_on_host = True
