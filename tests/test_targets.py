@@ -38,7 +38,11 @@ def test_schemes_follow_the_architecture():
     assert trt.quantization.bias == "float" and trt.precision.fallback == "fp16"
     qnn = load_target("npu")
     assert qnn.activations.dtype == "uint8" and not qnn.activations.symmetric and qnn.activations.qrange == (0, 255)
-    assert qnn.quantization.bias == "int32" and qnn.device.htp_arch == 73
+    assert qnn.quantization.bias == "int32" and qnn.device.htp_arch == 73 and qnn.device.soc_model == 43
+    assert qnn.precision.fallback == "int16" and not qnn.settings.allow_cpu_fallback
+    gen3, elite = load_target("snapdragon-8-gen3"), load_target("snapdragon-8-elite")
+    assert (gen3.device.htp_arch, gen3.device.soc_model) == (75, 57)
+    assert (elite.device.htp_arch, elite.device.soc_model) == (79, 69)
     rv = load_target("riscv")
     assert rv.activations.dtype == "int8" and rv.weights.granularity == "per_channel"
     assert rv.quantization.bias == "int32" and rv.quantization.accuracy_budget == 0.0
@@ -74,8 +78,9 @@ def test_targets_command_lists_one_line_each():
     lines = result.output.strip().splitlines()
     assert len(lines) == len(bundled_profiles())
     assert any(line.startswith("jetson-orin-nano") and "alias jetson" in line and " sm_87 " in line for line in lines)
-    # a profile whose engine builder has not landed says so where users pick targets
-    assert [line.split()[0] for line in lines if "engine builder not available yet" in line] == ["snapdragon-htp"]
+    # every bundled profile's engine builder is here (a planned one would say so on its line)
+    assert not [line for line in lines if "engine builder not available yet" in line]
+    assert any(line.startswith("snapdragon-htp") and "alias npu" in line and " hexagon-v73 " in line for line in lines)
 
 
 def _variant(tmp_path, base: str, **replace: str):

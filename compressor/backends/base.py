@@ -43,6 +43,7 @@ class EngineCheck:
     latency_stand_in: bool  # the times measured here are the host's stand-in for a device's
     timed: bool = True  # False: the backend timed the engine itself while lowering (see Backend.times_itself)
     fp32_baseline: bool = False  # also time the teacher as FP32 ONNX in onnxruntime (quantized engines)
+    latency_where: str = ""  # what the latency rows measure, where it is not the engine's device ("" = default)
 
 
 class Backend:
@@ -62,6 +63,9 @@ class Backend:
     # A quantized engine of this runtime is also timed against the teacher exported to FP32 ONNX in
     # the same runtime: what int8 buys over exporting the model as it is (onnxruntime only).
     fp32_onnx_baseline: bool = False
+    # How the report labels this engine's latency rows when they are not the device's speed
+    # ("" = the default label of a stand-in); e.g. a simulator's times.
+    latency_where: str = ""
 
     @property
     def runtime(self) -> str:
@@ -110,7 +114,7 @@ class Backend:
             path = artifact.path
             return EngineCheck(lambda threads: self.runner(path, threads), self.runtime,
                                latency_stand_in=not self.runs_on_host, timed=not self.times_itself,
-                               fp32_baseline=self.fp32_onnx_baseline)
+                               fp32_baseline=self.fp32_onnx_baseline, latency_where=self.latency_where)
         onnx = artifact.path if artifact.kind == ONNX else artifact.path.parent / artifact.meta["onnx"]
         return EngineCheck(lambda threads: reference_runner(onnx, threads), REFERENCE_RUNTIME, latency_stand_in=True)
 

@@ -63,6 +63,20 @@ def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, opset: int
     return exporters[len(errors)].__name__.strip("_")
 
 
+def wide_quantizers(module: torch.nn.Module) -> dict[str, tuple[float, int]]:
+    """The 16-bit activation quantizers (QNN's a16w8 layers): name -> scale, zero point."""
+    from ..quantize.fakequant import fake_quants
+
+    if isinstance(module, StaticBatchAdapter):
+        module = module.inner  # what export_onnx exports: the exported names are relative to it
+    wide = {}
+    for name, fq in fake_quants(module):
+        if fq.is_wide:
+            scale, zero = (t.detach() for t in fq.wide_qparams())
+            wide[name] = (float(scale.reshape(-1)[0]), int(zero.reshape(-1)[0]))
+    return wide
+
+
 def _dynamo(module, args, spec: InputSpec, path: Path, opset: int) -> None:
     torch.onnx.export(module, args, str(path), dynamo=True, opset_version=opset,
                       dynamic_shapes=dynamic_shapes(spec), external_data=False, verbose=False)
@@ -142,7 +156,7 @@ class ExportPass(Pass):
             with export_mode(artifact.module):
                 exporter = export_onnx(artifact.module, spec, path, self.config.opset, legacy_only=True)
             scheme = QuantScheme.from_target(ctx.target)
-            metrics.update(qdq.finalize(path, scheme.bias_int32, scheme.weights.qrange))
+            metrics.update(qdq.finalize(path, scheme.bias_int32, scheme.weights.qrange, wide_quantizers(artifact.module)))
         meta = {**artifact.meta, "exporter": exporter, "opset": self.config.opset}
         out = Artifact(ONNX, spec, sha256_file(path), path=path, meta=meta)
         metrics.update(exporter=exporter, onnx_bytes=path.stat().st_size)

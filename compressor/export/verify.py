@@ -57,10 +57,13 @@ class VerifyConfig:
     metric: str = ""  # "" = the task's default evaluator
     device: str = ""  # --device: parity and latency on that device (profile.devices), not here
     layer_runs: int = 20  # calls profiled per layer by the engine's profiler (0: no per-layer times)
+    # 0: every held-out sample; N: the first N (an engine that runs in a slow simulator; the report
+    # gives the number verified)
+    max_samples: int = 0
 
     def __post_init__(self):
-        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0 or self.layer_runs < 0:
-            raise ValueError("batch must be >= 1, latency_runs, warmup and layer_runs >= 0")
+        if self.batch < 1 or self.latency_runs < 0 or self.warmup < 0 or self.layer_runs < 0 or self.max_samples < 0:
+            raise ValueError("batch must be >= 1, latency_runs, warmup, layer_runs and max_samples >= 0")
 
 
 def torch_outputs(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch: int, progress=None) -> np.ndarray:
@@ -166,21 +169,23 @@ class VerifyPass(Pass):
         check = backend.verification(artifact)
         device = open_device(cfg.device or None)
         source = ctx.last_module()
-        ctx.progress.log(f"  parity on {data.num_holdout} held-out samples ({data.recipe}) on {device.label}")
+        count = min(cfg.max_samples or data.num_holdout, data.num_holdout)
+        holdout = tuple(x[:count] for x in data.holdout)
+        ctx.progress.log(f"  parity on {count} held-out samples ({data.recipe}) on {device.label}")
         if device.remote:
             engine_out, ran = on_device_profiler(backend, artifact, check, device).outputs(
-                artifact.path, [x.numpy() for x in data.holdout], device, cfg.batch)
+                artifact.path, [x.numpy() for x in holdout], device, cfg.batch)
         else:
-            engine_out = engine_outputs(check.runner(None), data.holdout, cfg.batch, ctx.progress)
-        source_out = torch_outputs(source.module, data.holdout, cfg.batch, ctx.progress)
-        teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, data.holdout, cfg.batch)
-        labels = data.holdout_labels.numpy() if data.holdout_labels is not None else None
+            engine_out = engine_outputs(check.runner(None), holdout, cfg.batch, ctx.progress)
+        source_out = torch_outputs(source.module, holdout, cfg.batch, ctx.progress)
+        teacher_out = source_out if source is ctx.reference else torch_outputs(ctx.reference.module, holdout, cfg.batch)
+        labels = data.holdout_labels[:count].numpy() if data.holdout_labels is not None else None
         metric_name, evaluate = get_evaluator(cfg.metric or None, spec.task)
         precision = artifact.meta.get("precision", "fp32")
         metrics = {
             "runtime": check.runtime,
             "precision": precision,
-            "holdout_samples": data.num_holdout,
+            "holdout_samples": count,
             "parity": with_teacher_cosines(parity(engine_out, source_out, spec.task), engine_out, source_out, teacher_out),
             "metric_name": metric_name,
             "teacher_metric": evaluate(teacher_out, teacher_out, labels),
@@ -209,6 +214,8 @@ class VerifyPass(Pass):
                 baseline.unlink()  # the teacher's size again: only its timing and size are kept
             # The device engine is not here: these times are the host's stand-in, not the device's.
             metrics["latency_stand_in"] = check.latency_stand_in and not device.remote
+            if check.latency_where and not device.remote:
+                metrics["latency_where"] = check.latency_where
         if cfg.layer_runs and backend.profiler() is not None and backend.opens(artifact.path):
             metrics["layer_profile"] = layer_profile(artifact.path, sample, device, cfg.layer_runs, workdir)
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..distill import Fidelity
 from ..progress import Progress
-from .fakequant import FakeQuant
+from .fakequant import OFF, FakeQuant
 from .graph import Layer, _attr, op_kind
 from .sensitivity import set_layers
 
@@ -35,14 +35,16 @@ class KeptLayers:
 
 
 def keep_float(student: nn.Module, layers: list[Layer], table: list[dict], keep: int, budget: float,
-               score: Callable[[nn.Module], Fidelity], float_val_metric: float, progress: Progress) -> KeptLayers:
+               score: Callable[[nn.Module], Fidelity], float_val_metric: float, progress: Progress,
+               kept_state: str = OFF) -> KeptLayers:
     """`float_val_metric`: the validation metric of the float model the pass was given; the budget is
-    what quantizing may lose from it."""
+    what quantizing may lose from it. `kept_state`: what a kept layer's quantizers do (OFF: float;
+    WIDE: 16-bit activations, the target's int16 fallback)."""
     everything = {layer.node for layer in layers}
     count, drop = min(keep, len(table)), None
     while True:
         kept = [row["layer"] for row in table[:count]]
-        set_layers(student, layers, everything - set(kept))
+        set_layers(student, layers, everything - set(kept), kept_state)
         if not budget:
             return KeptLayers(kept, True, None)
         if count == len(table):  # `drop`: with all but one kept, the last that had an int8 layer
@@ -71,7 +73,8 @@ def float_cost(gm: fx.GraphModule, layers: list[Layer], kept: list[str]) -> dict
             out = user.meta.get("val")
             positions = 1  # output positions per sample: a conv's pixels, a token sequence's tokens
             if isinstance(out, torch.Tensor) and out.dim() > 2:
-                positions = out[0, 0].numel() if op_kind(user) == "conv" else out[0, ..., 0].numel()
+                # int(): a dynamic dimension's size is a symbolic number, which the report cannot format
+                positions = int(out[0, 0].numel() if op_kind(user) == "conv" else out[0, ..., 0].numel())
             sizes[user.name] = (weight.numel(), weight.numel() * positions)
     names = {layer.node for layer in layers}
     total_w = sum(w for n, (w, _) in sizes.items() if n in names) or 1

@@ -1,8 +1,10 @@
 """Fake quantization with a learnable step size (LSQ), in a target's number format.
 
-A FakeQuant module is in one of three states: "observe" (collect calibration statistics, pass
+A FakeQuant module is in one of four states: "observe" (collect calibration statistics, pass
 values through), "quantize" (LSQ fake quantization through `compressor.native`, fused kernels
-when built), or "off" (kept in float). Under `export_mode` it emits
+when built), "off" (kept in float), or "wide" (kept in the target's 16-bit fallback, QNN's a16w8:
+an activation quantizer covers its calibrated range on the 16-bit grid, 257x finer; a weight
+quantizer stays 8-bit). Under `export_mode` it emits
 `fake_quantize_per_{tensor,channel}_affine`, which the ONNX exporter writes as a standard
 QuantizeLinear/DequantizeLinear pair, with the scale and zero point as plain initializers.
 """
@@ -18,13 +20,15 @@ from .. import native
 from ..targets import TensorQuant
 from .observers import Observer, range_to_qparams
 
-OBSERVE, QUANTIZE, OFF = "observe", "quantize", "off"
+OBSERVE, QUANTIZE, OFF, WIDE = "observe", "quantize", "off", "wide"
 
 
 class FakeQuant(nn.Module):
-    def __init__(self, quant: TensorQuant, channels: int = 1, axis: int | None = None):
+    def __init__(self, quant: TensorQuant, channels: int = 1, axis: int | None = None,
+                 wide: TensorQuant | None = None):
         super().__init__()
         self.quant = quant
+        self.wide = wide  # the 16-bit format of the "wide" state (activations only)
         self.qmin, self.qmax = quant.qrange
         self.axis = axis
         self.scale = nn.Parameter(torch.ones(channels))
@@ -59,10 +63,29 @@ class FakeQuant(nn.Module):
             if self.observer is not None:
                 self.observer.update(x)
             return x
+        if self.state == WIDE and self.axis is None:
+            scale, zero = self.wide_qparams()
+            lo, hi = self.wide.qrange
+            if self.exporting:  # an 8-bit placeholder: qdq.widen_activations gives the pair its 16-bit values
+                return torch.fake_quantize_per_tensor_affine(x, self.export_scale, self.export_zero, 0, 255)
+            return native.lsq_fake_quant(x, scale, lo, hi, None, zero_point=zero)
         if self.exporting:
             return self._export_forward(x)
         zero_point = self.zero_point if (not self.signed or self.zero_point.any()) else None
         return native.lsq_fake_quant(x, self.scale, self.qmin, self.qmax, self.axis, zero_point=zero_point)
+
+    def wide_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and zero point of the 16-bit grid over the range the 8-bit one covers."""
+        if self.wide is None:
+            raise RuntimeError("this quantizer has no 16-bit format (the target's precision.fallback is not int16)")
+        lo, hi = self.wide.qrange
+        steps = (hi - lo) / (self.qmax - self.qmin)
+        zero = ((self.zero_point - self.qmin) * steps).round() + lo
+        return self.scale.abs() / steps, zero
+
+    @property
+    def is_wide(self) -> bool:
+        return self.state == WIDE and self.axis is None
 
     def freeze_for_export(self) -> None:
         """Scale and zero point as buffers, so the exported graph holds constants, not their maths."""

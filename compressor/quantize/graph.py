@@ -151,7 +151,7 @@ def insert_fake_quants(gm: fx.GraphModule, scheme: QuantScheme) -> Quantized:
             owner[value] = node
     for value, users in consumers.items():
         name = f"aq_{value.name}"
-        gm.add_submodule(name, FakeQuant(scheme.activations))
+        gm.add_submodule(name, FakeQuant(scheme.activations, wide=scheme.wide_activations))
         with graph.inserting_after(value):
             q = graph.call_module(name, (value,))
         q.meta["val"] = value.meta.get("val")

@@ -142,6 +142,39 @@ def gather_rows_then_dequantize(g: OnnxGraph) -> int:
     return done
 
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's Q/DQ, which take 16-bit types before opset 21
+
+
+def widen_activations(g: OnnxGraph, wide: dict[str, tuple[float, int]]) -> int:
+    """Give the Q/DQ pairs of 16-bit activation quantizers (`wide`: module name -> scale, zero point
+    on the uint16 grid) their uint16 zero point and scale. ONNX's QuantizeLinear takes 16-bit types
+    only from opset 21, so they become onnxruntime's com.microsoft Q/DQ, as onnxruntime's own QNN
+    quantizer writes them below opset 21 (the QNN EP and onnxruntime's CPU kernels run both)."""
+    widened = set()
+    for node in g.graph.node:
+        scope, _, op = node.name.rpartition("/")
+        name = scope.lstrip("/")
+        if op not in ("QuantizeLinear", "DequantizeLinear") or name not in wide:
+            continue
+        scale, zero = wide[name]
+        if name not in widened:  # the pair's Q and DQ share them
+            g.add_init(np.array(scale, np.float32), f"{name}_scale_u16")
+            g.add_init(np.array(zero, np.uint16), f"{name}_zero_point_u16")
+        node.input[1], zero_point = f"{name}_scale_u16", f"{name}_zero_point_u16"
+        if len(node.input) > 2:
+            node.input[2] = zero_point
+        else:
+            node.input.append(zero_point)
+        node.domain = MS_DOMAIN
+        widened.add(name)
+    missing = sorted(set(wide) - widened)
+    if missing:
+        raise RuntimeError(f"no exported Q/DQ pair found for the 16-bit quantizers {missing}")
+    if widened and not any(o.domain == MS_DOMAIN for o in g.model.opset_import):
+        g.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return len(widened)
+
+
 def constants_to_initializers(g: OnnxGraph) -> int:
     """The TorchScript exporter writes Q/DQ scales and zero points as Constant nodes; engines and
     graph tools expect initializers (the form onnxruntime's own quantizer writes)."""
@@ -163,12 +196,15 @@ def _drop_unused(g: OnnxGraph) -> None:
             g.graph.initializer.remove(init)
 
 
-def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128, 127)) -> dict[str, int]:
-    """Rewrite `path` in place (atomically) with int8 weight initializers and, if asked, int32 biases."""
+def finalize(path: Path, bias_int32: bool, weight_range: tuple[int, int] = (-128, 127),
+             wide: dict[str, tuple[float, int]] | None = None) -> dict[str, int]:
+    """Rewrite `path` in place (atomically) with int8 weight initializers and, if asked, int32 biases
+    (`wide`: the 16-bit activation quantizers, see widen_activations)."""
     model = onnx.load(str(path))
     constants_to_initializers(OnnxGraph(model))
+    uint16 = widen_activations(OnnxGraph(model), wide or {})
     g = OnnxGraph(model)
-    stats = {"int8_weights": fold_weight_quantizers(g, weight_range)}
+    stats = {"int8_weights": fold_weight_quantizers(g, weight_range), "uint16_activations": uint16}
     g = OnnxGraph(model)  # producers changed
     stats["int32_biases"] = quantize_biases(g) if bias_int32 else 0
     stats["int8_embeddings"] = gather_rows_then_dequantize(OnnxGraph(model))

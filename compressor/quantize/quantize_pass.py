@@ -19,8 +19,9 @@ from ..passes import Pass, PassResult, RunContext, register
 from .bias_correction import apply_shifts, expected_shifts
 from .budget import UNMET, float_cost, keep_float
 from .calibrate import AUTO, calibrate
+from .converts import insert_converts
 from .equalize import equalize_weights
-from .fakequant import fake_quants
+from .fakequant import OFF, WIDE, fake_quants
 from .graph import fold_batchnorm, insert_fake_quants
 from .observers import OBSERVERS
 from .qad import quantization_aware_distill
@@ -138,11 +139,12 @@ class QuantizePass(Pass):
                         cfg.batch, ctx.progress, spec.task, cfg.temperature)
         budget = scheme.accuracy_budget if cfg.accuracy_budget is None else cfg.accuracy_budget
         kept = keep_float(student, placed.layers, table, cfg.keep_float, budget, validation_score, float_val_metric,
-                          ctx.progress)
+                          ctx.progress, WIDE if scheme.wide_activations else OFF)
+        converts = insert_converts(student, placed.layers, kept.layers) if scheme.wide_activations else []
         metrics = {
             "scheme": scheme.name, "observer": observer, "native_kernels": native.backend(),
             "bn_folded": folded, "quantized_layers": len(placed.layers), "float_ops": placed.float_ops,
-            "kept_float": kept.layers, "int8_layers": len(placed.layers) - len(kept.layers),
+            "kept_float": kept.layers, "width_converts": converts, "int8_layers": len(placed.layers) - len(kept.layers),
             "kept_float_cost": float_cost(student, placed.layers, kept.layers), "accuracy_budget": budget,
             "accuracy_budget_met": kept.budget_met, "budget_drop": kept.drop,
             "keep_float_dtype": scheme.keep_float_dtype, "metric_name": metric_name,

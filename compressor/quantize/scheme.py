@@ -74,6 +74,14 @@ class QuantScheme:
     # the default quantize.accuracy_budget: 0 where the engine cannot run a kept layer (the C engine)
     accuracy_budget: float = 0.0
 
+    @property
+    def wide_activations(self) -> TensorQuant | None:
+        """The activations' format in layers kept in an int16 fallback (QNN's a16w8): uint16,
+        asymmetric, per tensor; None where kept layers run in float."""
+        if self.keep_float_dtype != "int16":
+            return None
+        return TensorQuant(dtype="uint16", symmetric=False, granularity="per_tensor")
+
     @classmethod
     def from_target(cls, target: TargetProfile) -> QuantScheme:
         q = target.quantization

@@ -14,10 +14,12 @@ CONV_GROUPS_ARG = {torch.ops.aten.conv2d.default: 6, torch.ops.aten.conv1d.defau
                    torch.ops.aten.convolution.default: 8}
 
 
-def set_layers(model: nn.Module, layers: list[Layer], enabled: set[str]) -> None:
+def set_layers(model: nn.Module, layers: list[Layer], enabled: set[str], kept: str = OFF) -> None:
+    """Quantize the layers in `enabled`; the others' quantizers go to `kept` (OFF: float, WIDE: the
+    target's 16-bit fallback)."""
     on = {fq for layer in layers if layer.node in enabled for fq in layer.fake_quants}
     for name, m in fake_quants(model):
-        m.state = QUANTIZE if name in on else OFF
+        m.state = QUANTIZE if name in on else kept
 
 
 def describe_op(node: fx.Node) -> str:

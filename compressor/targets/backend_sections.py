@@ -106,9 +106,17 @@ HTP_PERFORMANCE_MODES = ("default", "burst", "balanced", "high_performance", "hi
 
 @dataclass(frozen=True)
 class HexagonDevice(Device):
+    """The Snapdragon chip the QNN EP compiles for: `arch` its HTP version, `soc_model` QNN's number
+    for the SoC (the EP's `soc_model` option; Qualcomm's QNN SDK documentation lists them)."""
+
+    soc_model: int
+    chip: str = ""  # the marketing name, for people (e.g. "Snapdragon 8 Gen 2 (SM8550)")
+
     def __post_init__(self):
         if not re.match(r"^hexagon-v\d+$", self.arch):
             raise FieldError("arch", f"must name the HTP version as hexagon-vNN, got '{self.arch}'")
+        if self.soc_model < 0:
+            raise FieldError("soc_model", f"must be QNN's SoC number (0 = QNN's default), got {self.soc_model}")
 
     @property
     def htp_arch(self) -> int:
@@ -118,10 +126,11 @@ class HexagonDevice(Device):
 
 @dataclass(frozen=True)
 class QnnSettings:
-    """[qnn]: onnxruntime QNN execution provider options (for the QNN backend of a later issue)."""
+    """[qnn]: onnxruntime QNN execution provider options (backends/qnn)."""
 
-    backend_path: str = "libQnnHtp.so"
     htp_performance_mode: str = one_of(*HTP_PERFORMANCE_MODES, default="default")
+    # Nodes the HTP rejects run on the CPU instead of failing the run (the report lists them).
+    allow_cpu_fallback: bool = False
 
 
 # -- C engine (RISC-V) ----------------------------------------------------------------------------
