@@ -102,13 +102,14 @@ def test_mnist_cnn_compiles_to_a_context_model_that_reloads_agrees_and_runs_in_t
     reloaded = QnnRunner(engine)
     assert reloaded.cpu_nodes == [] and reloaded(x).shape == (3, 10)
 
-    # the QNN profiler's per-node HTP cycles for the same file
-    from compressor.backends.qnn.profiling import profile_nodes
+    # `compress profile` picks the QNN profiler for the context model: per-layer HTP cycles, labelled simulated
+    from compressor.profile.engine import profile_engines
+    from compressor.profile.profiler import Settings
 
-    profile = profile_nodes(engine, [x[:1]], runs=1)
-    convs = [r for r in profile["nodes"] if "Conv" in r["node"]]
-    assert convs and all(r["cycles"] > 0 for r in convs) and profile["execute_cycles"] > 0
-    assert "simulator" in profile["source"]
+    profile = profile_engines([engine], Settings(runs=2, warmup=1, per_layer_runs=1, inputs=[x[:1]]))
+    assert profile["kind"] == "qnn" and "simulator" in profile["timing_note"]
+    convs = [r for r in profile["engines"][0]["layers"] if r["op"] == "Conv"]
+    assert convs and all(r["cycles"] > 0 and r["ms"] > 0 for r in convs)
 
     # the app sample (samples/apps/qnn) classifies digits with it, on the HTP backend only
     from compressor.datasets.mnist import load_mnist_split

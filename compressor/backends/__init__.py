@@ -13,12 +13,13 @@ from ..errors import CompressError
 from .base import Backend, EngineCheck, REFERENCE_RUNTIME  # noqa: F401 - re-exported
 
 # name -> the Backend, or "module:attribute" where it is until first used; in lookup order by
-# file suffix (onnxruntime first: profiling an ONNX file imports nothing else)
+# file (QNN first: its context models are .onnx files that only the QNN EP runs, told apart by
+# name; then onnxruntime, so that profiling any other ONNX file imports nothing else)
 BACKENDS: dict[str, Backend | str] = {
+    "qnn": "compressor.backends.qnn.backend:BACKEND",
     "onnxruntime": "compressor.backends.onnxruntime:BACKEND",
     "tensorrt": "compressor.backends.tensorrt.backend:BACKEND",
     "cengine": "compressor.backends.cengine.backend:BACKEND",
-    "qnn": "compressor.backends.qnn.backend:BACKEND",
 }
 
 # Backends of the design whose issues have not landed yet: their profiles exist already.

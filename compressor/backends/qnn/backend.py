@@ -24,6 +24,7 @@ class QnnBackend(Backend):
     runs_on_host = False  # the HTP here is Qualcomm's simulator: its times are not a phone's
     runtime = "QNN HTP simulator on x86 (onnxruntime-qnn)"
     latency_where = "QNN HTP simulator on x86, not device speed"
+    profiler_ref = "compressor.profile.qnn:PROFILER"
 
     def preflight(self, target) -> None:
         qnn_module()  # says what to install, before any work
