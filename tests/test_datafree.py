@@ -186,3 +186,17 @@ def test_vocabulary_fallback_for_a_hugging_face_encoder(tmp_path):
         inner = row[1:int(n) - 1].tolist()  # between [CLS] and [SEP]
         assert not special & set(inner)
     assert len(data.extras["holdout_texts"]) == 8
+
+
+def test_retrieval_is_gated_on_real_sentences_only():
+    """Rank-1 retrieval among synthesised sentences turns on tiny margins: without real data the
+    target's retrieval gate is reported, not applied; with real data it fails the engine."""
+    from compressor.calibration import CalibrationData
+    from compressor.export.verify import retrieval_failures, retrieval_minimum
+
+    x = (torch.zeros(4, 8),)
+    weak = {"retrieval_agreement": 0.77}
+    real = CalibrationData("minilm", x, x, None, "f", {})
+    synthetic = CalibrationData("data-free", x, x, None, "f", {"data_source": "synthetic"})
+    assert retrieval_failures(weak, retrieval_minimum(real, 0.8))
+    assert retrieval_minimum(synthetic, 0.8) == 0.0 and not retrieval_failures(weak, retrieval_minimum(synthetic, 0.8))

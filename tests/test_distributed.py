@@ -271,6 +271,7 @@ score_batch = 16
 epochs = 1
 lr = 1e-3
 batch = 64
+augment = "none"
 """
 
 

