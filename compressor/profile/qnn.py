@@ -13,7 +13,7 @@ import numpy as np
 from ..backends.qnn.profiling import profile_nodes
 from .devices import Device
 from .profiler import Settings
-from .runner_profiler import RunnerProfiler, example
+from .runner_profiler import RunnerProfiler
 
 # the simulator's cycle counts repeat exactly from run to run; a call takes 0.3-10 s there
 PER_LAYER_RUNS = 3
@@ -31,11 +31,9 @@ class QnnProfiler(RunnerProfiler):
         super().__init__(BACKEND)
 
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
-        result = super().profile(engines, settings, device)
+        result, engine_inputs = self.timed(engines, settings, device)
         if settings.per_layer_runs:
-            for entry, path in zip(result["engines"], engines):
-                inputs = settings.inputs or [example(s, d) for s, d in
-                                             self.backend.input_specs(self.backend.runner(path))]
+            for entry, path, inputs in zip(result["engines"], engines, engine_inputs):
                 nodes = profile_nodes(path, [np.asarray(a) for a in inputs],
                                       runs=min(settings.per_layer_runs, PER_LAYER_RUNS))
                 per_call = float(np.median(entry["times_ms"]))

@@ -29,6 +29,10 @@ class RunnerProfiler(EngineProfiler):
         self.backend, self.kind = backend, backend.name
 
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
+        return self.timed(engines, settings, device)[0]
+
+    def timed(self, engines: list[Path], settings: Settings, device: Device) -> tuple[dict, list[list[np.ndarray]]]:
+        """The result, and the inputs each engine ran on (for a subclass's per-layer pass)."""
         if device.remote:
             raise CompressError(f"the {self.kind} backend has no profiler that runs on a device; it runs here only")
         runners = [self.backend.runner(p, settings.threads) for p in engines]
@@ -44,4 +48,4 @@ class RunnerProfiler(EngineProfiler):
                 t.append((time.perf_counter() - start) * 1e3)
         return {"engines": [{"engine": str(p), "times_ms": t, "input_shapes": [list(a.shape) for a in x]}
                             for p, x, t in zip(engines, inputs, times)],
-                "host": socket.gethostname(), "pid": os.getpid(), "runtime": self.backend.runtime}
+                "host": socket.gethostname(), "pid": os.getpid(), "runtime": self.backend.runtime}, inputs
