@@ -97,6 +97,11 @@ def run(model: str | Path | torch.nn.Module, target_name: str, calib: str | None
             rest = ",".join(p.name for p in passes if not p.needs_backend)
             raise CompressError(f"{e}: target {target.name} cannot build its engine here; --passes {rest} "
                                 "stops at the verified QDQ ONNX") from None
+    device = configs.get("verify", {}).get("device")
+    if device and "verify" in names:  # a device without the engine's runtime fails now, not after the work
+        from .profile.on_device import check_device_runtime
+
+        check_device_runtime(target, device)
     run_dir = _run_dir(model, target, options)
     if world.is_main:  # the others would see the directory rank 0 just made as an earlier run's
         _check_run_dir(run_dir, options)

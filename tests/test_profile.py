@@ -251,6 +251,63 @@ def test_tensorrt_plan_per_layer(tmp_path):
     assert engine["median_ms"] > 0 and engine["layers"] and sum(r["ms"] for r in engine["layers"]) > 0
 
 
+@pytest.fixture(scope="module")
+def trt_recipe(tmp_path_factory) -> Path:
+    """The tiny CNN's TensorRT recipe as a jetson run folder holds it: build_config.json beside the ONNX."""
+    from compressor.backends.tensorrt.scripts import write_build_scripts
+    from compressor.targets import load_target
+
+    folder = tmp_path_factory.mktemp("recipe")
+    _tiny_onnx(folder / "model.onnx")
+    write_build_scripts(folder / "model.onnx", folder, load_target("jetson"), None)
+    return folder / "build_config.json"
+
+
+def test_tensorrt_recipe_goes_to_the_device_to_be_built(trt_recipe, sshd: LoopbackSshd):
+    """The recipe, its ONNX and the build and profiling scripts go to the device, whose Python is asked
+    for TensorRT: here it has none, which is a one-line error naming what to install there."""
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt imports here: this test needs a device without it")
+    except ImportError:
+        pass
+    result = _profile(trt_recipe, "--runs", "5", "--device", sshd.url(PYTHON))
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"127.0.0.1:{sshd.port}: tensorrt not installed on the device" in result.output
+    assert "python3-libnvinfer" in result.output
+
+
+def test_tensorrt_recipe_whose_onnx_is_gone_fails_before_connecting(trt_recipe, tmp_path):
+    recipe = tmp_path / "build_config.json"
+    recipe.write_text(trt_recipe.read_text())  # names model.onnx, which is not in tmp_path
+    result = _profile(recipe, "--device", "ssh://nobody@127.0.0.1:1")
+    assert result.exit_code == 2 and "model.onnx, is missing" in result.output, result.output
+
+
+def test_fp32_baseline_recipe_builds_the_teacher_in_fp32_with_the_engine_shapes(trt_recipe, tmp_path):
+    from compressor.backends.tensorrt.backend import BACKEND
+
+    engine_config = json.loads(trt_recipe.read_text())
+    assert "int8" in engine_config["builder_flags"]
+    teacher = tmp_path / "teacher_fp32.onnx"
+    teacher.write_bytes((trt_recipe.parent / "model.onnx").read_bytes())
+    path = BACKEND.device_baseline(teacher, trt_recipe, tmp_path)
+    config = json.loads(path.read_text())
+    assert BACKEND.opens(path) and (tmp_path / config["onnx"]).resolve() == teacher.resolve()
+    assert not {"int8", "fp16", "bf16"} & set(config["builder_flags"]) and config["shapes"] == engine_config["shapes"]
+    assert config["engine"] != engine_config["engine"] and config["dla_core"] is None
+    assert BACKEND.device_baseline(teacher, trt_recipe.with_name("model.engine"), tmp_path) is None  # a plan: no recipe
+
+
+def test_tensorrt_recipe_built_and_profiled_here(trt_recipe, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed here (it runs on a Jetson or a CUDA host)")
+    result = _profile(trt_recipe, "--runs", "20", "--per-layer", "--json")
+    assert result.exit_code == 0, result.output
+    engine = json.loads(result.output)["engines"][0]
+    assert engine["median_ms"] > 0 and engine["layers"]
+    assert (trt_recipe.parent / "timing.cache").is_file()  # the device's timing cache came back beside the recipe
+
+
 def _tiny_onnx(path: Path) -> None:
     import torch
 
@@ -292,6 +349,21 @@ def test_main_command_fails_fast_on_an_unreachable_device(models, sshd: Loopback
     result = _compress(models["pt2"], "--calib", "mnist", "--out", out, "--device",
                        sshd.url(PYTHON, key=sshd.wrong_key))
     assert result.returncode == 2 and "authentication failed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_main_command_fails_fast_on_a_device_without_the_engines_runtime(models, sshd: LoopbackSshd, tmp_path):
+    """jetson: verify builds the engine on the device from the run's recipe; a device without
+    TensorRT is refused before any compressing."""
+    try:
+        import tensorrt  # noqa: F401
+        pytest.skip("tensorrt imports here: this test needs a device without it")
+    except ImportError:
+        pass
+    out = tmp_path / "run"
+    result = _compress("--target", "jetson", models["pt2"], "--calib", "mnist", "--out", out,
+                       "--device", sshd.url(PYTHON))
+    assert result.returncode == 2 and "tensorrt not installed on the device" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
 

@@ -105,6 +105,15 @@ class Backend:
     def opens(self, path: Path) -> bool:
         return Path(path).suffix in self.suffixes
 
+    def device_engine(self, artifact: Artifact) -> Path | None:
+        """What this backend's profiler runs on a device (`--device`) for a lowered artifact; None: nothing."""
+        return artifact.path if self.opens(artifact.path) else None
+
+    def device_baseline(self, fp32_onnx: Path, engine: Path, workdir: Path) -> Path | None:
+        """The teacher's FP32 model in the form this backend's profiler runs beside `engine` on a device
+        (the same runtime); None where this runtime has no FP32 form of it."""
+        return fp32_onnx if self.opens(fp32_onnx) else None
+
     def verification(self, artifact: Artifact) -> EngineCheck:
         """An engine built here runs in this backend's runner; otherwise (an ONNX artifact, or a
         device engine that is built on the device) the ONNX runs in onnxruntime's reference

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import CompressError
+from .chunks import run_in_chunks  # noqa: F401 - also imported from here
 
 
 class OrtRunner:
@@ -41,15 +42,3 @@ class OrtRunner:
         if self.static_batch is None or arrays[0].shape[0] == self.static_batch:
             return self.session.run(None, dict(zip(self.inputs, arrays)))[0]
         return run_in_chunks(lambda *a: self.session.run(None, dict(zip(self.inputs, a)))[0], arrays, self.static_batch)
-
-
-def run_in_chunks(fn, arrays: tuple[np.ndarray, ...], batch: int) -> np.ndarray:
-    outs = []
-    n = arrays[0].shape[0]
-    for start in range(0, n, batch):
-        chunk = [a[start:start + batch] for a in arrays]
-        short = batch - chunk[0].shape[0]
-        if short:  # pad the last chunk by repeating its last sample
-            chunk = [np.concatenate([c, np.repeat(c[-1:], short, axis=0)]) for c in chunk]
-        outs.append(fn(*chunk)[: batch - short])
-    return np.concatenate(outs)

@@ -157,13 +157,14 @@ def fp32_baseline(ctx: RunContext, workdir: Path) -> tuple[Path | None, str | No
     return path, None
 
 
-def on_device_profiler(backend, artifact: Artifact, check, device):
-    """The profiler that runs the lowered engine on `device`; an error where it is not such an engine."""
-    profiler = backend.profiler()
-    if profiler is None or not backend.opens(artifact.path):
+def on_device_engine(backend, artifact: Artifact, check, device) -> tuple[object, Path]:
+    """The profiler that runs the lowered engine on `device`, and the file it runs there (an engine,
+    or a recipe the device builds it from); an error where there is none."""
+    profiler, engine = backend.profiler(), backend.device_engine(artifact)
+    if profiler is None or engine is None:
         raise CompressError(f"--device {device.label}: the {backend.name} target's engine ({check.runtime}) cannot "
                             "be verified on a device from here: copy the run folder there")
-    return profiler
+    return profiler, engine
 
 
 @register
@@ -183,8 +184,8 @@ class VerifyPass(Pass):
         holdout = tuple(x[:count] for x in data.holdout)
         ctx.progress.log(f"  parity on {count} held-out samples ({data.recipe}) on {device.label}")
         if device.remote:
-            engine_out, ran = on_device_profiler(backend, artifact, check, device).outputs(
-                artifact.path, [x.numpy() for x in holdout], device, cfg.batch)
+            profiler, device_engine = on_device_engine(backend, artifact, check, device)
+            engine_out, ran = profiler.outputs(device_engine, [x.numpy() for x in holdout], device, cfg.batch)
         else:
             engine_out = engine_outputs(check.runner(None), holdout, cfg.batch, ctx.progress)
         source_out = torch_outputs(source.module, holdout, cfg.batch, ctx.progress)
@@ -209,14 +210,15 @@ class VerifyPass(Pass):
         if check.timed or device.remote:  # here the C engine is timed in its lower pass
             baseline = None
             # the teacher's FP32 engine, unless the engine is the teacher itself in FP32
-            if check.fp32_baseline and (precision != "fp32" or source is not ctx.reference):
+            if (check.fp32_baseline or device.remote) and (precision != "fp32" or source is not ctx.reference):
                 baseline, why = fp32_baseline(ctx, workdir)
                 if why:
                     metrics["fp32_onnx_baseline_error"] = why
                     ctx.progress.log(f"  no FP32 onnxruntime baseline for the latency (the teacher did not export: {why})")
             if device.remote:  # the engine against the teacher's FP32 engine, alternately on the device
                 runs = self.config.latency_runs or ctx.target.latency_runs
-                metrics["device_latency"] = device_latency(artifact.path, baseline, sample, device, runs)
+                on_device = backend.device_baseline(baseline, device_engine, workdir) if baseline else None
+                metrics["device_latency"] = device_latency(device_engine, on_device, sample, device, runs)
             else:
                 metrics["latency"] = self._latency(ctx, check.runner, baseline)
             if baseline is not None:
@@ -226,8 +228,9 @@ class VerifyPass(Pass):
             metrics["latency_stand_in"] = check.latency_stand_in and not device.remote
             if check.latency_where and not device.remote:
                 metrics["latency_where"] = check.latency_where
-        if cfg.layer_runs and backend.profiler() is not None and backend.opens(artifact.path):
-            metrics["layer_profile"] = layer_profile(artifact.path, sample, device, cfg.layer_runs, workdir)
+        profiled = device_engine if device.remote else artifact.path
+        if cfg.layer_runs and backend.profiler() is not None and backend.opens(profiled):
+            metrics["layer_profile"] = layer_profile(profiled, sample, device, cfg.layer_runs, workdir)
         failures = parity_failures(metrics["parity"], precision, ctx.target.parity_atol, spec.task)
         if metrics["metric_drop"] > ctx.target.max_metric_drop:
             failures.append(f"{metric_name} drop {metrics['metric_drop']:.4f} > budget {ctx.target.max_metric_drop}")

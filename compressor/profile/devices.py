@@ -97,9 +97,10 @@ class Device:
     def _failure(self, rc: int, err: str, job: Job, program: str) -> str:
         missing = re.search(r"missing-runtime (\S+): (.*)", err)
         if rc == MISSING_RUNTIME_EXIT and missing:
-            return (f"{self.label}: {missing.group(1).replace(',', ', ')} not installed on the device for {program}: "
-                    f"install there with `{missing.group(2).strip()}`, "
-                    "or name another interpreter with ?python=PATH in --device")
+            where = ("on the device", "there") if self.remote else ("here", "here")
+            return (f"{self.label}: {missing.group(1).replace(',', ', ')} not installed {where[0]} for {program}: "
+                    f"install {where[1]} with `{missing.group(2).strip()}`"
+                    + (", or name another interpreter with ?python=PATH in --device" if self.remote else ""))
         if rc == 127:
             return (f"{self.label}: {program} not found on the device: install {job.needs or program} there"
                     + (", or name the interpreter with ?python=PATH in --device" if program == self.python else ""))

@@ -9,11 +9,21 @@ import numpy as np
 
 from ..errors import CompressError
 from .charts import layer_chart
-from .devices import Device
+from .devices import Device, open_device
 from .engine import profile_engines
 from .profiler import Settings
 
 LAYER_CHART = "layers.png"
+
+
+def check_device_runtime(target, device: str) -> None:
+    """Raise now where the device of `--device` cannot be reached or lacks the runtime of the target's engine."""
+    from ..backends import get_backend
+
+    opened = open_device(device)
+    profiler = get_backend(target.backend, planned=True).profiler()
+    if opened.remote and profiler is not None:
+        profiler.check(opened)
 
 
 def layer_profile(engine: Path, sample: list[np.ndarray], device: Device, runs: int, workdir: Path) -> dict:

@@ -38,6 +38,10 @@ class OrtProfiler(EngineProfiler):
             entry["engine"] = str(path)
         return result
 
+    def check(self, device: Device) -> None:
+        if device.remote:
+            json_job(device, SCRIPT, {"mode": "check"}, {}, needs=NEEDS)
+
     def outputs(self, engine: Path, arrays: list[np.ndarray], device: Device, batch: int = 64) -> tuple[np.ndarray, dict]:
         name = job_names([engine])[0]
         request = {"mode": "outputs", "engines": [name], "inputs": "inputs.npz", "outputs": "outputs.npz",

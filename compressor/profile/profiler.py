@@ -45,6 +45,9 @@ class EngineProfiler:
     def profile(self, engines: list[Path], settings: Settings, device: Device) -> dict:
         raise NotImplementedError
 
+    def check(self, device: Device) -> None:
+        """Raise now where `device` lacks what this profiler runs engines with (before minutes of work)."""
+
     def outputs(self, engine: Path, arrays: list[np.ndarray], device: Device,
                 batch: int = 64) -> tuple[np.ndarray, dict]:
         """The engine's first output over the batch `arrays`, and the measuring process's host and pid."""

@@ -11,6 +11,7 @@ from ...passes import PassResult, RunContext
 from ..base import Backend
 from .lowering import lower_onnx
 from .runner import TrtRunner
+from .scripts import fp32_recipe, is_recipe, recipe_beside
 
 
 def lower(artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
@@ -39,6 +40,18 @@ class TensorRTBackend(Backend):
 
     def lower(self, artifact: Artifact, ctx: RunContext, workdir: Path, config) -> PassResult:
         return lower(artifact, ctx, workdir, config)
+
+    def opens(self, path: Path) -> bool:
+        """A plan, or a recipe (build_config.json) that the profiler builds on the device first."""
+        return super().opens(path) or is_recipe(path)
+
+    def device_engine(self, artifact: Artifact) -> Path | None:
+        """The engine where it was built here, else the recipe beside the lowered ONNX."""
+        return artifact.path if artifact.meta.get("engine_built") else recipe_beside(artifact.path)
+
+    def device_baseline(self, fp32_onnx: Path, engine: Path, workdir: Path) -> Path | None:
+        """The teacher's FP32 ONNX as a TensorRT FP32 recipe of the engine's shapes (a plan has none)."""
+        return fp32_recipe(fp32_onnx, engine, workdir) if is_recipe(engine) else None
 
     def runner(self, path: Path, threads: int | None = None) -> TrtRunner:
         return TrtRunner(path)

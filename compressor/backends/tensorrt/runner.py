@@ -14,7 +14,14 @@ from typing import Protocol
 
 import numpy as np
 
-from ...errors import CompressError
+try:
+    from ...errors import CompressError
+    from ..chunks import run_in_chunks
+except ImportError:  # copied with chunks.py beside the device profiling script (profile/scripts/trt_device.py)
+    from chunks import run_in_chunks
+
+    class CompressError(Exception):
+        """A one-line error for the user."""
 
 
 class CudaMemory(Protocol):
@@ -198,8 +205,6 @@ class TrtRunner:
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         """First output for positional inputs, fed in chunks of the engine's largest batch."""
-        from ..ort_runner import run_in_chunks
-
         def first(*a):
             return self.run(dict(zip(self.inputs, a)))[self.outputs[0]]
 

@@ -134,6 +134,33 @@ def write_build_scripts(onnx_path: Path, out_dir: Path, profile: TargetProfile, 
     return list(files)
 
 
+def is_recipe(path: Path) -> bool:
+    """A build recipe: build_config.json, or a variant of it such as teacher_fp32_build_config.json."""
+    return Path(path).name.endswith(CONFIG_NAME)
+
+
+def recipe_beside(onnx_path: Path) -> Path | None:
+    path = Path(onnx_path).parent / CONFIG_NAME
+    return path if path.is_file() else None
+
+
+# builder flags that lower precision; the FP32 baseline leaves them out
+_PRECISION_FLAGS = ("int8", "fp16", "bf16")
+
+
+def fp32_recipe(fp32_onnx: Path, engine_recipe: Path, out_dir: Path) -> Path:
+    """A recipe that builds `fp32_onnx` (the teacher in FP32) with the engine recipe's shapes and
+    settings in FP32 on the GPU: the same runtime's baseline for the engine's speed on the device."""
+    config = json.loads(Path(engine_recipe).read_text())
+    stem = Path(fp32_onnx).stem
+    config.update(onnx=os.path.relpath(Path(fp32_onnx).resolve(), Path(out_dir).resolve()), engine=f"{stem}.engine",
+                  timing_cache=f"{stem}_timing.cache", log=f"{stem}_build.log", layers="", dla_core=None,
+                  builder_flags=[f for f in config.get("builder_flags", []) if f not in _PRECISION_FLAGS])
+    path = Path(out_dir) / f"{stem}_{CONFIG_NAME}"
+    write_atomic(path, json.dumps(config, indent=2) + "\n")
+    return path
+
+
 def device_instructions(out_dir: Path, profile: TargetProfile) -> str:
     """What the report tells the user when TensorRT is not installed where compress ran."""
     device = profile.device
