@@ -220,6 +220,18 @@ def cached(kept: Path, path: Path, build) -> tuple[Path, dict]:
 
 # --- measurements ------------------------------------------------------------------------------
 
+def paired_sign_test(ours: np.ndarray, peer: np.ndarray, labels: np.ndarray) -> dict:
+    """The digits exactly one of the two gets right, and the two-sided exact sign test on them (McNemar's
+    exact test): how likely a split at least this uneven is when both are equally accurate."""
+    from math import comb
+
+    a = int(((ours == labels) & (peer != labels)).sum())
+    b = int(((peer == labels) & (ours != labels)).sum())
+    n, k = a + b, min(a, b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"only_ours_right": a, "only_peer_right": b, "p": p}
+
+
 def predict(session: ort.InferenceSession, x: np.ndarray, batch: int = 100) -> np.ndarray:
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x[s:s + batch]})[0] for s in range(0, len(x), batch)])
@@ -312,6 +324,7 @@ def main() -> int:
 
         # Accuracy and graph facts, one single-thread session per variant (kept alive for timing).
         sessions = {}
+        predictions: dict[str, np.ndarray] = {}
         fp32_pred = None
         for row in rows:
             if "error" in row:
@@ -332,6 +345,7 @@ def main() -> int:
             row["top1"] = float((pred == labels).mean())
             row["correct"] = int((pred == labels).sum())
             row["agreement_fp32"] = float((pred == fp32_pred).mean())
+            predictions[row["key"]] = pred
             log(f"[{row['key']}] top-1 {100 * row['top1']:.1f}%, {fmt_size(row['bytes'])}, "
                 f"{g['integer_kernels']} integer kernels, {g['float_compute']} float conv/gemm")
         fp32 = rows[0]
@@ -373,9 +387,14 @@ def main() -> int:
                     criteria.append((f"QAD int8 top-1 not below {r['label']}", None, f"peer not measured: {r['error'][:150]}"))
                 else:
                     extra = " (extra fairness row)" if r["key"] == "nncf_bnfold" else ""
+                    paired = paired_sign_test(predictions["ours"], predictions[r["key"]], labels)
+                    r["paired_vs_ours"] = paired
                     criteria.append((f"QAD int8 top-1 not below {r['label']}{extra}", ours["top1"] >= r["top1"],
                                      f"ours {100 * ours['top1']:.1f}% ({ours['correct']}/{len(labels)}) vs "
-                                     f"{100 * r['top1']:.1f}% ({r['correct']}/{len(labels)})"))
+                                     f"{100 * r['top1']:.1f}% ({r['correct']}/{len(labels)}); only ours right on "
+                                     f"{paired['only_ours_right']}, only the peer on {paired['only_peer_right']}: "
+                                     f"exact sign test p = {paired['p']:.2f}"
+                                     + (" (a difference this size is within sampling noise)" if paired["p"] >= 0.05 else "")))
             if args.skip_nncf:
                 criteria.append(("QAD int8 top-1 not below NNCF PTQ", None, "NNCF skipped (--skip-nncf)"))
             criteria.append((f"int8 file >= {CRITERIA_MIN_SIZE_RATIO}x smaller than FP32", ours["size_ratio"] >= CRITERIA_MIN_SIZE_RATIO,
