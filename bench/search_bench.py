@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import compressor  # noqa: E402,F401 - before torch: it sets OpenMP's passive waiting (compressor/__init__.py)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from common import distill_student, log, log_criteria, loadavg, markdown_table, new_record, write_record  # noqa: E402
 
 from compressor import compress  # noqa: E402
