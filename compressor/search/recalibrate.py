@@ -4,8 +4,8 @@ that on real samples they have the mean and spread the same channels have in the
 
 Why: a channel's BatchNorm was fitted to the statistics of its inputs in the teacher. Narrowing the
 layers before it and removing residual blocks changes those statistics, and the folded scale and
-shift no longer normalise them: students inherited from the MNIST sample teacher agreed with it on
-about 10% of the digits before training. Re-estimating BatchNorm's statistics on the new network
+shift no longer normalise them: students inherited from the MNIST sample teacher had about 10%
+top-1 (chance) before training. Re-estimating BatchNorm's statistics on the new network
 (adaptive BN) restores each channel to mean beta and spread gamma, which is what the same channel
 has in the teacher; with BN folded the teacher's measured statistics stand in for beta and gamma.
 
