@@ -82,7 +82,27 @@ def test_derived_space_narrows_groups_and_removes_blocks_of_the_teacher_graph():
     assert teacher.params - full.params == 3 * 2 * 16  # with its 3 BatchNorms folded into the convs
     # an inherited student of the full spec is the teacher itself
     x = data.samples(4)[0]
-    assert torch.allclose(space.inherit(space.largest())(x), _res_tiny()(x), atol=1e-5)
+    assert torch.allclose(space.inherit(space.largest(), data.samples())(x), _res_tiny()(x), atol=1e-4)
+
+
+def test_an_inherited_student_is_recalibrated_to_the_teacher_s_statistics():
+    """Adaptive BatchNorm with BN folded: the cut student's channels are rescaled and shifted to the
+    teacher's statistics on the samples, so its logits have the teacher's per-class mean and spread
+    there and lie closer to the teacher's than the student as cut; the teacher keeps its weights."""
+    data = _Data(n=64)
+    teacher = _res_tiny()
+    space = make_space(teacher, data, _cfg(), data.example())
+    genes = space.smallest()  # the narrowest widths, the residual block removed
+    x = data.samples()[0]
+    with torch.no_grad():
+        target = teacher(x)
+        matched = space.inherit(genes, data.samples())(x)
+        as_cut = space.inherit(genes, None)(x)
+    assert torch.allclose(matched.mean(0), target.mean(0), atol=1e-4)
+    assert torch.allclose(matched.std(0), target.std(0), rtol=1e-3)
+    assert (matched - target).pow(2).mean() < 0.5 * (as_cut - target).pow(2).mean()
+    # the teacher's graph the search cuts from is unchanged: the full spec still inherits the teacher
+    assert torch.allclose(space.inherit(space.largest(), None)(x), target, atol=1e-5)
 
 
 def test_diswot_scores_are_deterministic_with_a_seed_and_tell_candidates_apart():
@@ -106,11 +126,13 @@ def test_the_search_meets_the_macs_budget_and_returns_a_working_student():
     teacher = _res_tiny()
     full = measure_cost(teacher, data.example())
     budget = full.macs // 2
+    threads = torch.get_num_threads()
     outcome = search(teacher, data, Constraints(macs=budget), _cfg(), Progress(True))
+    assert torch.get_num_threads() == threads  # scored on one thread, the caller's count restored
     chosen = outcome.chosen
     assert chosen in outcome.candidates
     assert chosen.macs <= budget and all(c.macs <= budget for c in outcome.candidates)
-    spending = [c for c in outcome.candidates if c.macs >= 0.8 * budget]
+    spending = [c for c in outcome.candidates if c.macs >= _cfg().budget_use * budget]
     # the budget spent where a candidate spends it, then the score
     assert chosen is max(spending or outcome.candidates, key=lambda c: c.score)
     assert len(outcome.candidates) >= 4 and outcome.method == "diswot"
@@ -167,6 +189,9 @@ def test_the_choice_prefers_candidates_that_spend_the_budget_then_the_score():
     assert choose([small_best, large], Constraints(), 0.8) is small_best  # no budget: the score alone
     assert choose([small_best, large], budget, 0.0) is small_best  # budget_use = 0: the score alone
     assert spent_fraction(large, Constraints(macs=100, params=10)) == 0.9
+    # by default a candidate must spend 90% of the budget to be preferred over a better-scored one
+    most, less = Candidate({}, -0.6, 95, 0), Candidate({}, -0.2, 85, 0)
+    assert choose([less, most], budget, SearchConfig().budget_use) is most
     with pytest.raises(ValueError, match="budget_use"):
         SearchConfig(budget_use=1.5)
 

@@ -203,7 +203,8 @@ class VerifyPass(Pass):
             "engine_metric": evaluate(engine_out, teacher_out, labels),
             "labels": labels is not None,
         }
-        metrics["metric_drop"] = metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"]
+        # rounded: top-1 0.983 - 0.973 is 0.010000000000000009 in floats, which failed a 0.01 budget
+        metrics["metric_drop"] = round(metrics["teacher_metric"]["metric"] - metrics["engine_metric"]["metric"], 9)
         if device.remote:
             metrics["parity_measured_on"] = {k: ran.get(k) for k in ("host", "pid", "ssh_connection")}
         sample = [x[:1].numpy() for x in data.holdout]

@@ -11,6 +11,7 @@ from ..capture import to_graph_module
 from ..model_io import StaticBatchAdapter, first_output
 from ..progress import Progress
 from ..quantize.graph import fold_batchnorm
+from ..threads import torch_threads
 from .config import SearchConfig
 from .choice import choose, preference
 from .constraints import Constraints
@@ -23,6 +24,8 @@ from .family_space import family_space
 from .outcome import Candidate, SearchOutcome
 from .reinit import normalise_activations, reinitialise
 from .space import SearchSpace, spec_key
+
+RECALIBRATION_SAMPLES = 256  # samples an inherited student's channel statistics are matched on (recalibrate.py)
 
 
 def make_space(teacher: torch.nn.Module, data: SearchData, cfg: SearchConfig, example) -> SearchSpace:
@@ -65,6 +68,12 @@ class CandidateEvaluator:
 
 def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints, cfg: SearchConfig,
            progress: Progress) -> SearchOutcome:
+    with torch_threads(1):  # small networks, many ops: robust when the cores are shared (threads.py)
+        return _search(teacher, data, constraints, cfg, progress)
+
+
+def _search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints, cfg: SearchConfig,
+            progress: Progress) -> SearchOutcome:
     started = time.perf_counter()
     static = data.spec.static_batch
     example = data.example(static or 1)
@@ -85,7 +94,10 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     chosen = choose(scored, constraints, cfg.budget_use)
     genes = chosen.spec["genes"]
     inherited = cfg.init == "teacher" and space.inherit is not None
-    student = space.inherit(genes) if inherited else normalise_activations(space.build(genes), inputs)
+    if inherited:
+        student = space.inherit(genes, data.samples(static or RECALIBRATION_SAMPLES))
+    else:
+        student = normalise_activations(space.build(genes), inputs)
     if static:
         student = StaticBatchAdapter(student, static)
     seconds = time.perf_counter() - started
@@ -103,7 +115,8 @@ def search(teacher: torch.nn.Module, data: SearchData, constraints: Constraints,
     if not scorer.semantic:
         notes.append("DisWOT used relation similarity only: the teacher has no classifier head (final Linear giving "
                      "class scores), so there are no class activation maps to compare")
-    notes.append("the student starts from the teacher's weights of its kept channels (search.init = \"teacher\")"
+    notes.append("the student starts from the teacher's weights of its kept channels, each channel's statistics "
+                 "matched to the teacher's on real samples (search.init = \"teacher\")"
                  if inherited else "the student starts from random initialisation")
     parts = evaluate.similarities[spec_key(genes)]
     spec = {**chosen.spec, "semantic_distance": parts.semantic, "relation_distance": parts.relation,

@@ -39,7 +39,7 @@ def attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return getattr(gm.get_submodule(owner) if owner else gm, name)
 
 
-def _weight_and_bias(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+def weight_and_bias(gm: fx.GraphModule, node: fx.Node) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """The parameters of a weighted layer (an aten conv/linear on get_attr weights, or a module call)."""
     if not weighted_kind(gm, node):
         return None
@@ -73,7 +73,7 @@ def normalise_activations(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -
     mode), which otherwise train with nothing keeping their activations at scale. A searched MNIST
     candidate (3.6M MACs), 112 steps of logit KL: 67% -> 72% top-1 at lr 1e-3, 82% -> 85% at 3e-3."""
     gm = as_graph(module)
-    layers = [(n, wb) for n in gm.graph.nodes if (wb := _weight_and_bias(gm, n)) is not None]
+    layers = [(n, wb) for n in gm.graph.nodes if (wb := weight_and_bias(gm, n)) is not None]
     for node, (weight, bias) in layers[:-1]:
         recorder = _Recorder(gm, node)
         recorder.run(*inputs)

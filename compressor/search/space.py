@@ -21,9 +21,10 @@ class SearchSpace:
     choices: dict[str, tuple]  # gene -> allowed values, cheapest first
     build: Callable[[dict[str, Any]], nn.Module]  # genes -> a network at random initialisation
     description: str = ""
-    # genes -> the network with the teacher's own weights where the space is cut from the teacher
-    # (a head start for the distillation that follows); None for the built-in families
-    inherit: Callable[[dict[str, Any]], nn.Module] | None = None
+    # (genes, samples) -> the network with the teacher's own weights where the space is cut from
+    # the teacher (a head start for the distillation that follows), recalibrated on the samples;
+    # None for the built-in families
+    inherit: Callable[[dict[str, Any], tuple], nn.Module] | None = None
     static_batch: int | None = None  # the networks run only at this batch (a teacher exported so)
 
     def spec(self, genes: dict[str, Any]) -> dict[str, Any]:
