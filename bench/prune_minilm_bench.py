@@ -195,7 +195,8 @@ def main() -> None:
     removed = 1 - kept_params / params["fp32"]
     record.update(rows=rows, encoder_params_removed=removed,
                   seconds={"ours_pipeline": round(ours_seconds, 1), "truncation": round(trunc_seconds, 1)},
-                  ours={"prune": {k: prune.get(k) for k in ("macs", "params", "kept_fraction", "structure")},
+                  ours={"prune": {k: prune.get(k) for k in ("macs", "params", "kept_fraction", "ranked_by", "refit",
+                                                            "validation", "structure")},
                         "passes": [{"name": p["name"], "seconds": round(p.get("seconds") or 0, 1)} for p in report["passes"]]})
     table = markdown_table(["variant", "mean cosine (320 held-out)", "retrieval agreement", "encoder params",
                             "ONNX size", "median ms", "speed vs teacher FP32"], rows,
