@@ -62,17 +62,33 @@ def relation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return relation_distance(sample_relations(student), sample_relations(teacher))
 
 
-def matched_layer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+def standardised_mse(student: torch.Tensor, teacher: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error per feature dimension (last axis) in units of the teacher's spread along
+    that dimension, over the positions `tokens` keeps (a (batch, sequence) mask; None: all). A
+    BERT hidden state has a few dimensions hundreds of times larger than the rest: plain normalised
+    MSE is about those few; standardised, every dimension counts alike. Padding positions carry
+    nothing the pooled output uses, so they are left out."""
+    if tokens is not None:
+        keep = tokens.bool()
+        student, teacher = student[keep], teacher[keep]
+    student, teacher = student.reshape(-1, student.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
+    spread = teacher.std(dim=0, keepdim=True).clamp_min(1e-3) if teacher.shape[0] > 1 else teacher.abs().clamp_min(1e-3)
+    return (((student - teacher) / spread) ** 2).mean()
+
+
+def matched_layer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
+                       tokens: torch.Tensor | None = None) -> torch.Tensor:
     """CoFi's layerwise distillation: each teacher layer's output is matched to the student layer
-    closest to it (normalised MSE), matches moving forward through the student only, so a pruned
-    student whose early layers lost their sub-layers lets later layers take over their role.
-    Layers of another width than the teacher's are not comparable and are left out."""
+    closest to it (standardised MSE over the positions `tokens` keeps), matches moving forward
+    through the student only, so a pruned student whose early layers lost their sub-layers lets
+    later layers take over their role. Layers of another width than the teacher's are not
+    comparable and are left out."""
     comparable = [s for s in student if s.shape == teacher[0].shape]
     if not comparable or not teacher:
         raise ValueError("matched_layer_loss needs student layers of the teacher layers' shape")
     losses, first = [], 0
     for t in teacher:
-        distances = torch.stack([normalised_mse(s, t) for s in comparable[first:]])
+        distances = torch.stack([standardised_mse(s, t, tokens) for s in comparable[first:]])
         best = int(distances.detach().argmin())
         losses.append(distances[best])
         first += best

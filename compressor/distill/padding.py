@@ -22,13 +22,18 @@ MASK_INPUT = "attention_mask"
 Batch = tuple[torch.Tensor, ...]
 
 
+def mask_index(spec: InputSpec) -> int | None:
+    """Where the attention mask is among the model's inputs; None where it has none."""
+    names = [i.name for i in spec.inputs]
+    return names.index(MASK_INPUT) if MASK_INPUT in names else None
+
+
 def padding_trimmer(spec: InputSpec) -> Callable[[Batch], Batch]:
     """A function that cuts a batch's trailing padding, or the identity where the spec has no
     attention mask with a dynamic sequence axis."""
-    names = [i.name for i in spec.inputs]
-    if MASK_INPUT not in names:
+    mask_at = mask_index(spec)
+    if mask_at is None:
         return lambda batch: batch
-    mask_at = names.index(MASK_INPUT)
     mask_shape = spec.inputs[mask_at].shape
     if len(mask_shape) != 2 or not isinstance(mask_shape[1], str):
         return lambda batch: batch

@@ -162,30 +162,42 @@ def _step(group: UnitGroup, kept: int, round_to: int) -> int:
 
 
 def choose_units(structure: Structure, probabilities: dict[str, torch.Tensor], cost: str, keep_fraction: float,
-                 round_to: int = 8) -> tuple[dict[str, torch.Tensor], float]:
+                 round_to: int = 8, importance: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], float]:
     """Keep masks from the learnt keep probabilities: each group keeps its expected count of units
     (rounded; a block or layer stays where its probability is above one half), the most probable
     first; then, while the exact cost is over the budget, the least probable removable step goes.
-    Returns the masks and the kept fraction of the cost."""
+    With `importance` (per unit, e.g. TransformerStructure.importance), for gates that a short gate
+    phase left almost where they started, whose probabilities order nothing: units are ranked by
+    their importance instead, and the step that goes is taken from the fine-grained group that
+    keeps the largest share of its units (widths shrink evenly; a whole layer or block goes only
+    with its last unit). Importance does not compare across kinds of units: ranked by importance
+    per parameter saved, MiniLM lost every attention head. Returns the masks and the kept
+    fraction of the cost."""
     full = full_cost(structure)
     counts = {g.name: _rounded(float(probabilities[g.name].sum()), g, round_to) for g in structure.groups}
 
-    def fraction() -> float:
+    def fraction(counts: dict[str, int]) -> float:
         return float(structure.expected_cost({k: torch.tensor(float(v)) for k, v in counts.items()})[cost] / full[cost])
 
     groups = {g.name: g for g in structure.groups}
-    order = {n: torch.argsort(p, descending=True) for n, p in probabilities.items()}
-    while fraction() > keep_fraction + 1e-9:
+    scores = importance if importance is not None else probabilities
+    order = {n: torch.argsort(p, descending=True) for n, p in scores.items()}
+    now = fraction(counts)
+    while now > keep_fraction + 1e-9:
         candidates = []
         for name, g in groups.items():
             n = _step(g, counts[name], round_to)
             if n:
                 dropped = order[name][counts[name] - n:counts[name]]
-                candidates.append((float(probabilities[name][dropped].mean()), name, n))
+                if importance is None:
+                    candidates.append((float(probabilities[name][dropped].mean()), name, n))
+                elif g.size > 1:
+                    candidates.append((-counts[name] / g.size, name, n))
         if not candidates:
             raise CompressError(f"the pruned model cannot meet the budget ({keep_fraction:.1%} of {cost}): "
                                 f"every group is at its minimum")
         _, name, n = min(candidates)
         counts[name] -= n
-    keep = {name: keep_top(probabilities[name], counts[name]) for name in groups}
-    return keep, fraction()
+        now = fraction(counts)
+    keep = {name: keep_top(scores[name], counts[name]) for name in groups}
+    return keep, now

@@ -180,6 +180,28 @@ class TransformerStructure:
             raise RuntimeError("shrink() inside gated(): the copy would keep the gating hooks")
         return shrink_bert(self, keep)
 
+    def importance(self, batches: list[tuple[torch.Tensor, ...]], mask_at: int) -> dict[str, torch.Tensor] | None:
+        """Each unit's share of its sub-layer's output on `batches` (transformer_refit.output_importance);
+        None where the hidden dimension is prunable too (a classifier), which this does not rank."""
+        from .transformer_refit import output_importance
+
+        if self.hidden_name:
+            return None
+        return output_importance(self.model, self.base, self.layer_names, batches, mask_at)
+
+    def refit(self, student: nn.Module, teacher: nn.Module, batches: list[tuple[torch.Tensor, ...]],
+              mask_at: int) -> int:
+        """Least-squares refit of the shrunk `student`'s sub-layer output projections to the
+        `teacher`'s sub-layer outputs (transformer_refit.py) on `batches`; 0 (nothing changed) where
+        the two are not layer for layer comparable (another depth, or the hidden dimension pruned)."""
+        from .transformer_refit import refit_output_projections
+
+        ours, theirs = _bert_base(student), _bert_base(teacher)
+        if (ours is None or theirs is None or len(ours.encoder.layer) != len(theirs.encoder.layer)
+                or ours.config.hidden_size != theirs.config.hidden_size):
+            return 0
+        return refit_output_projections(teacher, theirs, student, ours, batches, mask_at)
+
 
 def _gate_sublayer(dense: nn.Linear, units, whole, hidden, unit_width: int) -> list:
     """Hooks on a sub-layer's output projection: `units` gate its input in blocks of `unit_width`
