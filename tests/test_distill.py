@@ -220,7 +220,37 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_the_same(t
         torch.testing.assert_close(v, expected[k])
 
 
+def test_lr_warmup_rises_linearly_then_decays_by_cosine_and_the_loop_follows_it():
+    from compressor.distill.loop import warmup_cosine
+
+    factor = warmup_cosine(100, 0.1)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5) and factor(99) < 1e-3
+    plain = warmup_cosine(100, 0.0)
+    assert plain(0) == 1.0 and plain(50) == pytest.approx(0.5)
+    # the optimizer's learning rate in the loop: after one epoch of 8 steps with 4 of warmup it has
+    # risen to lr and decayed; the first step ran at lr / 4
+    student, loss, score = _distill_setup()
+    seen = []
+    opt_step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return opt_step(self, *a, **k)
+
+    torch.optim.Adam.step = record
+    try:
+        train(student, 256, loss, score, DistillConfig(epochs=2, lr=1e-2, batch=32, patience=2, lr_warmup=0.25),
+              Progress(quiet=True))
+    finally:
+        torch.optim.Adam.step = opt_step
+    assert seen[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2]) and max(seen) == pytest.approx(1e-2)
+    assert seen[-1] < 1e-3 and len(seen) == 16
+
+
 def test_distill_config_refuses_nonsense():
+    with pytest.raises(ValueError):
+        DistillConfig(lr_warmup=1.0)
     with pytest.raises(ValueError):
         DistillConfig(epochs=-1)
     with pytest.raises(ValueError):
