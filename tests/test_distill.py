@@ -315,7 +315,26 @@ class _ConvNet(nn.Module):
         return self.head(self.body(x))
 
 
-@pytest.mark.parametrize("augment,feature_weight", [("auto", 0.0), ("auto", 1.0), ("none", 1.0)])
+def test_affine_augmentation_moves_images_reproducibly_and_keeps_their_ink():
+    from compressor.distill.augment import augmentation, resolve
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 8:20, 11:17] = 1.0
+    first = augmentation("affine", (x,), seed=3)((x,))[0]
+    again = augmentation("affine", (x,), seed=3)((x,))[0]
+    torch.testing.assert_close(first, again)
+    assert first.shape == x.shape
+    moved = (first - x).abs().flatten(1).sum(1)
+    assert bool((moved > 1.0).all())  # every image changed
+    assert len({round(float(m), 3) for m in moved}) > 32  # each by its own transform
+    ink = first.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert float(ink.min()) > 0.75 and float(ink.max()) < 1.3  # scaled by 0.9-1.1 in each direction, nothing cut off
+    assert resolve("auto", (x,)) == "shift" and resolve("auto", (torch.zeros(4, 8),)) == "none"
+    with pytest.raises(ValueError, match="needs image inputs"):
+        augmentation("affine", (torch.zeros(4, 8),), seed=0)
+
+
+@pytest.mark.parametrize("augment,feature_weight", [("auto", 0.0), ("auto", 1.0), ("none", 1.0), ("affine", 0.0)])
 def test_distill_pass_shows_a_student_shifted_images_the_teacher_labels(tmp_path, augment, feature_weight):
     """Image inputs are shifted on each batch and labelled (outputs and tapped features) by the
     teacher there: the student learns the teacher, not the fixed training images."""
@@ -329,7 +348,7 @@ def test_distill_pass_shows_a_student_shifted_images_the_teacher_labels(tmp_path
     spec = InputSpec(inputs=(TensorSpec("x", ("batch", 1, 16, 16)),), task="classification")
     config = DistillPassConfig(epochs=2, lr=1e-2, batch=32, patience=2, augment=augment, feature_weight=feature_weight)
     m = DistillPass(config).run(Artifact(MODULE, spec, "student", module=student), ctx, tmp_path).metrics
-    assert m["augmentation"] == ("shift" if augment == "auto" else "none")
+    assert m["augmentation"] == {"auto": "shift"}.get(augment, augment)
     assert m["feature_loss"] == ("none" if feature_weight == 0 else "sample_relations")
     assert m["after"]["val_divergence"] < m["before"]["val_divergence"]
     with pytest.raises(ValueError, match="augment must be one of"):
