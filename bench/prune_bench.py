@@ -34,7 +34,7 @@ from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.model_io import LoadOptions, load_model  # noqa: E402
 from compressor.backends import get_backend  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
-from compressor.prune.prune_pass import FAMILY_LR, PruneConfig  # noqa: E402
+from compressor.prune.prune_pass import FAMILY_LR, FAMILY_WARMUP, PruneConfig  # noqa: E402
 from samples.mnist.model import MnistResNet, count_macs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,8 @@ def main() -> None:
     defaults = PruneConfig(macs_budget=args.budget)
     epochs = defaults.prune_epochs + defaults.epochs  # what our pass may train: gate learning + fine-tune
     # the peers' distillation is our fine-tune's: its learning rate and warmup, for all their epochs
-    finetune = {"lr": defaults.lr if defaults.lr is not None else FAMILY_LR["cnn"][1], "lr_warmup": defaults.lr_warmup}
+    finetune = {"lr": defaults.lr if defaults.lr is not None else FAMILY_LR["cnn"][1],
+                "lr_warmup": defaults.lr_warmup if defaults.lr_warmup is not None else FAMILY_WARMUP["cnn"]}
     verify = passes["verify"]["metrics"]
 
     log(f"Torch-Pruning magnitude to {prune['macs']['after'] / prune['macs']['before']:.3f} of the MACs ...")
@@ -155,7 +156,7 @@ def main() -> None:
     for key in paths:
         rows.append({"key": key, "label": labels[key], "top1": accuracy[key], "macs": macs[key],
                      "bytes": paths[key].stat().st_size, "latency": dict(lat[key], ratio=lat["fp32"]["median_ms"] / lat[key]["median_ms"])})
-    record.update(rows=rows, seconds={"ours_pipeline": round(ours_seconds, 1), "torch_pruning": round(tp_seconds, 1),
+    record.update(rows=rows, peers_distillation={"epochs": epochs, **finetune}, seconds={"ours_pipeline": round(ours_seconds, 1), "torch_pruning": round(tp_seconds, 1),
                                       "scratch": round(scratch_seconds, 1)},
                   ours={"prune": {k: prune[k] for k in ("macs", "params", "structure", "kept_fraction")},
                         "passes": [{"name": p["name"], "seconds": round(p["seconds"], 1)} for p in report["passes"]]})

@@ -57,7 +57,7 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
     groups = param_groups if param_groups is not None else _default_groups(student, cfg.lr)
     optimizer = torch.optim.Adam(groups)
     steps = cfg.epochs * max(1, (samples + cfg.batch - 1) // cfg.batch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, getattr(cfg, "lr_warmup", 0.0)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, getattr(cfg, "lr_warmup", 0.0) or 0.0))
     plan = Plan([student], samples, cfg.batch, cfg.seed, cfg.epochs, progress, label, checkpoint,
                 getattr(cfg, "checkpoint_every", 0))
     state: dict = {}
