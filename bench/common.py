@@ -191,17 +191,19 @@ def compress_measured(model, record: dict, out: Path, **options):
         return e.report, out / next(p for p in e.report["passes"] if p["name"] == "lower")["output"]
 
 
-def distill_student(student, teacher, data, epochs: int, lr: float = 1e-3, seed: int = 0, quiet: bool = False) -> list[dict]:
+def distill_student(student, teacher, data, epochs: int, lr: float = 1e-3, seed: int = 0, quiet: bool = False,
+                    lr_warmup: float = 0.0) -> list[dict]:
     """The fine-tune every benchmarked classifier student gets: our distill loop, logit KL at the
-    default temperature and teacher-labelled shifts (as the prune pass), best epoch by the
-    validation slice of the recipe's training samples."""
+    default temperature and teacher-labelled shifts (as the prune pass), the learning rate warmed
+    up over `lr_warmup` of the steps then cosine, best epoch by the validation slice of the
+    recipe's training samples."""
     from compressor.distill import DistillConfig, batched_outputs, fidelity_scorer, prediction_loss, split_validation, train
     from compressor.distill.augment import augmentation
     from compressor.evaluators import get_evaluator
     from compressor.model_io import first_output
     from compressor.progress import Progress
 
-    cfg = DistillConfig(epochs=epochs, lr=lr, batch=64, patience=epochs, seed=seed)
+    cfg = DistillConfig(epochs=epochs, lr=lr, batch=64, patience=epochs, seed=seed, lr_warmup=lr_warmup)
     split = split_validation(*data.training(), cfg.val_fraction, cfg.seed)
     _, evaluate = get_evaluator(None, "classification")
     score = fidelity_scorer(split.val, batched_outputs(teacher, split.val, 64), evaluate, 64, "classification",

@@ -6,7 +6,8 @@ and against our pruned architecture trained from scratch with the same distillat
 
 All three students get the same training budget: our pass's gate-learning epochs plus its
 fine-tune epochs, as distillation epochs on the same 3600 training digits (teacher-labelled
-shift augmentation, logit KL at T=4), best epoch by the same validation slice. Then ours goes on
+shift augmentation, logit KL at T=4) at our fine-tune's learning rate and warmup, best epoch by
+the same validation slice. Then ours goes on
 through the x86-cpu int8 pipeline (quantize, export, lower, verify). Latency: FP32 ONNX of each in
 onnxruntime and our int8 engine, 1 thread, batch 1, interleaved in one run; ratios to the
 teacher's FP32 ONNX. Needs `pip install torch-pruning==1.6.1` (the benchmark's peer only).
@@ -33,7 +34,7 @@ from compressor.export.onnx_export import export_onnx  # noqa: E402
 from compressor.model_io import LoadOptions, load_model  # noqa: E402
 from compressor.backends import get_backend  # noqa: E402
 from compressor.profile.latency import measure  # noqa: E402
-from compressor.prune.prune_pass import PruneConfig  # noqa: E402
+from compressor.prune.prune_pass import FAMILY_LR, FAMILY_WARMUP, PruneConfig  # noqa: E402
 from samples.mnist.model import MnistResNet, count_macs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,9 @@ def main() -> None:
     pruned = load_module(work / "ours" / passes["prune"]["output"])
     defaults = PruneConfig(macs_budget=args.budget)
     epochs = defaults.prune_epochs + defaults.epochs  # what our pass may train: gate learning + fine-tune
+    # the peers' distillation is our fine-tune's: its learning rate and warmup, for all their epochs
+    finetune = {"lr": defaults.lr if defaults.lr is not None else FAMILY_LR["cnn"][1],
+                "lr_warmup": defaults.lr_warmup if defaults.lr_warmup is not None else FAMILY_WARMUP["cnn"]}
     verify = passes["verify"]["metrics"]
 
     log(f"Torch-Pruning magnitude to {prune['macs']['after'] / prune['macs']['before']:.3f} of the MACs ...")
@@ -119,13 +123,13 @@ def main() -> None:
     state = {k: v for k, v in teacher.module.state_dict().items()}
     tp_model = torch_pruning_student(state, prune["macs"]["after"] / prune["macs"]["before"])
     tp_macs = count_macs(tp_model)
-    distill_student(tp_model, teacher.module, data, epochs, lr=1e-3)
+    distill_student(tp_model, teacher.module, data, epochs, **finetune)
     tp_seconds = time.time() - started
 
     log(f"our pruned architecture from scratch, {epochs} epochs of distillation ...")
     started = time.time()
     scratch = reinitialised(pruned)
-    distill_student(scratch, teacher.module, data, epochs, lr=1e-3)
+    distill_student(scratch, teacher.module, data, epochs, **finetune)
     scratch_seconds = time.time() - started
 
     paths = {"fp32": work / "teacher.onnx", "ours_fp32": work / "ours_fp32.onnx", "tp_fp32": work / "tp.onnx",
@@ -152,7 +156,7 @@ def main() -> None:
     for key in paths:
         rows.append({"key": key, "label": labels[key], "top1": accuracy[key], "macs": macs[key],
                      "bytes": paths[key].stat().st_size, "latency": dict(lat[key], ratio=lat["fp32"]["median_ms"] / lat[key]["median_ms"])})
-    record.update(rows=rows, seconds={"ours_pipeline": round(ours_seconds, 1), "torch_pruning": round(tp_seconds, 1),
+    record.update(rows=rows, peers_distillation={"epochs": epochs, **finetune}, seconds={"ours_pipeline": round(ours_seconds, 1), "torch_pruning": round(tp_seconds, 1),
                                       "scratch": round(scratch_seconds, 1)},
                   ours={"prune": {k: prune[k] for k in ("macs", "params", "structure", "kept_fraction")},
                         "passes": [{"name": p["name"], "seconds": round(p["seconds"], 1)} for p in report["passes"]]})

@@ -220,7 +220,37 @@ def test_an_interrupted_training_resumes_from_its_checkpoint_and_ends_the_same(t
         torch.testing.assert_close(v, expected[k])
 
 
+def test_lr_warmup_rises_linearly_then_decays_by_cosine_and_the_loop_follows_it():
+    from compressor.distill.loop import warmup_cosine
+
+    factor = warmup_cosine(100, 0.1)
+    assert [factor(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5) and factor(99) < 1e-3
+    plain = warmup_cosine(100, 0.0)
+    assert plain(0) == 1.0 and plain(50) == pytest.approx(0.5)
+    # the optimizer's learning rate in the loop: after one epoch of 8 steps with 4 of warmup it has
+    # risen to lr and decayed; the first step ran at lr / 4
+    student, loss, score = _distill_setup()
+    seen = []
+    opt_step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return opt_step(self, *a, **k)
+
+    torch.optim.Adam.step = record
+    try:
+        train(student, 256, loss, score, DistillConfig(epochs=2, lr=1e-2, batch=32, patience=2, lr_warmup=0.25),
+              Progress(quiet=True))
+    finally:
+        torch.optim.Adam.step = opt_step
+    assert seen[:4] == pytest.approx([2.5e-3, 5e-3, 7.5e-3, 1e-2]) and max(seen) == pytest.approx(1e-2)
+    assert seen[-1] < 1e-3 and len(seen) == 16
+
+
 def test_distill_config_refuses_nonsense():
+    with pytest.raises(ValueError):
+        DistillConfig(lr_warmup=1.0)
     with pytest.raises(ValueError):
         DistillConfig(epochs=-1)
     with pytest.raises(ValueError):
@@ -285,7 +315,26 @@ class _ConvNet(nn.Module):
         return self.head(self.body(x))
 
 
-@pytest.mark.parametrize("augment,feature_weight", [("auto", 0.0), ("auto", 1.0), ("none", 1.0)])
+def test_affine_augmentation_moves_images_reproducibly_and_keeps_their_ink():
+    from compressor.distill.augment import augmentation, resolve
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 8:20, 11:17] = 1.0
+    first = augmentation("affine", (x,), seed=3)((x,))[0]
+    again = augmentation("affine", (x,), seed=3)((x,))[0]
+    torch.testing.assert_close(first, again)
+    assert first.shape == x.shape
+    moved = (first - x).abs().flatten(1).sum(1)
+    assert bool((moved > 1.0).all())  # every image changed
+    assert len({round(float(m), 3) for m in moved}) > 32  # each by its own transform
+    ink = first.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert float(ink.min()) > 0.75 and float(ink.max()) < 1.3  # scaled by 0.9-1.1 in each direction, nothing cut off
+    assert resolve("auto", (x,)) == "shift" and resolve("auto", (torch.zeros(4, 8),)) == "none"
+    with pytest.raises(ValueError, match="needs image inputs"):
+        augmentation("affine", (torch.zeros(4, 8),), seed=0)
+
+
+@pytest.mark.parametrize("augment,feature_weight", [("auto", 0.0), ("auto", 1.0), ("none", 1.0), ("affine", 0.0)])
 def test_distill_pass_shows_a_student_shifted_images_the_teacher_labels(tmp_path, augment, feature_weight):
     """Image inputs are shifted on each batch and labelled (outputs and tapped features) by the
     teacher there: the student learns the teacher, not the fixed training images."""
@@ -299,7 +348,7 @@ def test_distill_pass_shows_a_student_shifted_images_the_teacher_labels(tmp_path
     spec = InputSpec(inputs=(TensorSpec("x", ("batch", 1, 16, 16)),), task="classification")
     config = DistillPassConfig(epochs=2, lr=1e-2, batch=32, patience=2, augment=augment, feature_weight=feature_weight)
     m = DistillPass(config).run(Artifact(MODULE, spec, "student", module=student), ctx, tmp_path).metrics
-    assert m["augmentation"] == ("shift" if augment == "auto" else "none")
+    assert m["augmentation"] == {"auto": "shift"}.get(augment, augment)
     assert m["feature_loss"] == ("none" if feature_weight == 0 else "sample_relations")
     assert m["after"]["val_divergence"] < m["before"]["val_divergence"]
     with pytest.raises(ValueError, match="augment must be one of"):

@@ -98,6 +98,8 @@ def test_pruned_cnn_is_physically_smaller_within_budget_and_verified(trained_res
                       config=_config(tmp_path, "macs_budget = 0.5"))
     prune = result.report["passes"][0]["metrics"]
     assert prune["pruned"] and prune["family"] == "cnn"
+    # a CNN's fine-tune warms its learning rate up (FAMILY_WARMUP) unless the config says otherwise
+    assert prune["finetune"] == {"epochs": 1, "lr": 3e-3, "lr_warmup": 0.1}
     assert prune["macs"]["after"] <= 0.5 * prune["macs"]["before"] + 1
     assert prune["teacher_metric"] - prune["pruned_metric"] <= 0.05
     teacher_onnx = tmp_path / "teacher.onnx"

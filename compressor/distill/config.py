@@ -12,6 +12,9 @@ from dataclasses import dataclass
 class DistillConfig:
     epochs: int = 2
     lr: float = 1e-4
+    # fraction of the training steps over which the learning rate rises linearly from 0 to lr, then
+    # the cosine decay to 0 as without it (0: cosine from the first step)
+    lr_warmup: float | None = 0.0  # None: the pass's own default (the prune pass's per model family)
     batch: int = 64
     temperature: float = 4.0  # logit KL at this temperature (times T^2), for classifiers
     kd_weight: float = 1.0  # the prediction loss to the teacher
@@ -29,5 +32,7 @@ class DistillConfig:
             raise ValueError("checkpoint_every must be >= 0 (0: a checkpoint after each epoch only)")
         if self.patience < 0 or min(self.kd_weight, self.label_weight, self.feature_weight) < 0:
             raise ValueError("patience must be >= 0 and the loss weights >= 0")
+        if self.lr_warmup is not None and not 0 <= self.lr_warmup < 1:
+            raise ValueError("lr_warmup must be in [0, 1): the fraction of the steps that warm the learning rate up")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")

@@ -22,7 +22,7 @@ from ..capture import to_graph_module, without_inplace_ops
 from ..evaluators import get_evaluator
 from ..model_io import StaticBatchAdapter, first_output
 from ..passes import Pass, PassResult, RunContext, register
-from .augment import AUGMENTATIONS, augmentation
+from .augment import AUGMENTATIONS, augmentation, resolve
 from .config import DistillConfig
 from .fidelity import batched_outputs, fidelity_scorer
 from .losses import feature_loss, prediction_loss, relation_loss
@@ -113,7 +113,7 @@ class DistillPass(Pass):
         metrics = {"metric_name": metric_name, "training_samples": data.samples, "validation_samples": data.val[0].shape[0],
                    "before": before.as_dict(), "after": after.as_dict(), "history": history,
                    "feature_loss": "none" if tap is None else "normalised_mse" if same_shape else "sample_relations",
-                   "augmentation": "shift" if shift is not None else "none", "labels": bool(
+                   "augmentation": resolve(cfg.augment, data.train), "labels": bool(
                        data.labels is not None and spec.task == "classification" and cfg.label_weight > 0)}
         module = StaticBatchAdapter(student, static) if static else student
         return PassResult(Artifact(MODULE, spec, artifact.fingerprint, module=module, meta=dict(artifact.meta)), metrics)

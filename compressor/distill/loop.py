@@ -1,4 +1,5 @@
-"""The distillation training loop: epochs over shuffled batches, Adam with a cosine schedule,
+"""The distillation training loop: epochs over shuffled batches, Adam with a cosine schedule
+(optionally after a linear warmup, `lr_warmup`),
 the best state by validation fidelity kept (early stopping with patience; the rule is
 compressor.distill.fidelity's `prefer`: lower divergence to the teacher, the task metric a guard
 against more than sampling noise), progress, a history that says which epoch was kept and why,
@@ -16,6 +17,7 @@ of every pass here.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +27,19 @@ from torch import nn
 from ..progress import Progress
 from .epochs import Plan, Steps, run_epochs
 from .fidelity import Fidelity, prefer
+
+
+def warmup_cosine(steps: int, warmup: float) -> Callable[[int], float]:
+    """The learning-rate factor at each step: linear from 1/w to 1 over the first w = warmup *
+    steps steps, then cosine from 1 to 0 over the rest (plain cosine where w is 0)."""
+    ramp = int(warmup * steps)
+
+    def factor(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, steps - ramp))))
+
+    return factor
 
 
 def _default_groups(student: nn.Module, lr: float) -> list[dict]:
@@ -42,7 +57,7 @@ def train(student: nn.Module, samples: int, loss: Callable[[torch.Tensor], torch
     groups = param_groups if param_groups is not None else _default_groups(student, cfg.lr)
     optimizer = torch.optim.Adam(groups)
     steps = cfg.epochs * max(1, (samples + cfg.batch - 1) // cfg.batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, getattr(cfg, "lr_warmup", 0.0) or 0.0))
     plan = Plan([student], samples, cfg.batch, cfg.seed, cfg.epochs, progress, label, checkpoint,
                 getattr(cfg, "checkpoint_every", 0))
     state: dict = {}
