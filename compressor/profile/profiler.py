@@ -59,6 +59,9 @@ def job_names(engines: list[Path]) -> list[str]:
     return [f"e{i}_{Path(e).name}" for i, e in enumerate(engines)]
 
 
+DEVICE_JOB = Path(__file__).parent / "scripts" / "device_job.py"  # what every device script imports
+
+
 def json_job(device: Device, script: Path, request: dict, files: dict[str, Path], fetch: tuple[str, ...] = (),
              needs: str = "") -> tuple[dict, dict[str, bytes]]:
     """Run a device script as `{python} SCRIPT request.json result.json` with `files`; its result
@@ -66,7 +69,7 @@ def json_job(device: Device, script: Path, request: dict, files: dict[str, Path]
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp, "request.json")
         req.write_text(json.dumps(request))
-        job = Job(files={script.name: script, "request.json": req, **files},
+        job = Job(files={script.name: script, DEVICE_JOB.name: DEVICE_JOB, "request.json": req, **files},
                   argv=["{python}", script.name, "request.json", "result.json"], fetch=["result.json", *fetch],
                   needs=needs)
         done = device.run(job)

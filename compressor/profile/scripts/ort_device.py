@@ -16,28 +16,12 @@ so the caller can tell the numbers come from the device.
 """
 import json
 import os
-import socket
-import sys
 import tempfile
 import time
 
-MISSING_RUNTIME_EXIT = 17  # the caller's signal that a module is missing on the device
+from device_job import require, serve  # shipped beside this script
 
-
-def _imports():
-    modules, missing = {}, []
-    for name in ("numpy", "onnxruntime"):
-        try:
-            modules[name] = __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        sys.stderr.write(f"missing-runtime {','.join(missing)}: pip install {' '.join(missing)}\n")
-        sys.exit(MISSING_RUNTIME_EXIT)
-    return modules["numpy"], modules["onnxruntime"]
-
-
-np, ort = _imports()
+np, ort = require({"numpy": "pip install numpy", "onnxruntime": "pip install onnxruntime"})
 
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
           "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
@@ -142,24 +126,9 @@ def check(request):
     return {}
 
 
-def peak_rss_bytes():
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def main():
-    with open(sys.argv[1]) as f:
-        request = json.load(f)
-    result = {"profile": profile, "outputs": outputs, "check": check}[request["mode"]](request)
-    result.update(host=socket.gethostname(), pid=os.getpid(), runtime=f"onnxruntime {ort.__version__}",
-                  peak_rss_bytes=peak_rss_bytes(), cpu_count=os.cpu_count(),
-                  ssh_connection=os.environ.get("SSH_CONNECTION"))
-    with open(sys.argv[2], "w") as f:
-        json.dump(result, f)
-
+    serve({"profile": profile, "outputs": outputs, "check": check}, f"onnxruntime {ort.__version__}",
+          cpu_count=os.cpu_count())
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
 A TensorRT engine runs only on the GPU and TensorRT release it was built with, so a run folder holds
 the recipe (build_config.json and the QDQ ONNX beside it) and the engine is built where it will run.
 `compress profile` and `compress --device` copy this script there with the build module
-(build_engine.py), the runner (trt_runner.py, chunks.py) and the engines, and run:
+(build_engine.py), the runner (trt_runner.py, chunks.py), device_job.py and the engines, and run:
 
     python3 trt_device.py request.json result.json
 
@@ -19,37 +19,15 @@ TensorRT's IProfiler, each recipe's build time, this process's peak memory, host
 """
 import json
 import os
-import socket
 import sys
 import time
 
-MISSING_RUNTIME_EXIT = 17
+from device_job import missing, require, serve  # shipped beside this script
+
 INSTALL = {"numpy": "pip install numpy",
            "tensorrt": "sudo apt install python3-libnvinfer (JetPack) or pip install tensorrt",
            "cuda-python": "pip install cuda-python"}
-
-
-def _missing(names):
-    sys.stderr.write("missing-runtime {}: {}\n".format(",".join(names), " && ".join(INSTALL[n] for n in names)))
-    sys.exit(MISSING_RUNTIME_EXIT)
-
-
-def _imports():
-    missing = []
-    for name in ("numpy", "tensorrt"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        _missing(missing)
-    import numpy
-    import tensorrt
-    return numpy, tensorrt
-
-
-np, trt = _imports()
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+np, trt = require({k: INSTALL[k] for k in ("numpy", "tensorrt")})
 import build_engine  # noqa: E402 - shipped beside this script
 import trt_runner  # noqa: E402
 
@@ -58,7 +36,7 @@ def _memory():
     try:
         return trt_runner.default_memory()
     except trt_runner.CompressError:
-        _missing(["cuda-python"])
+        missing(["cuda-python"], INSTALL)
 
 
 def engines(request, memory):
@@ -170,23 +148,8 @@ def check(request):
     return {}
 
 
-def peak_rss_bytes():
-    try:
-        import resource
-    except ImportError:
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def main():
-    with open(sys.argv[1]) as f:
-        request = json.load(f)
-    result = {"profile": profile, "outputs": outputs, "check": check}[request["mode"]](request)
-    result.update(host=socket.gethostname(), pid=os.getpid(), runtime="TensorRT {}".format(trt.__version__),
-                  peak_rss_bytes=peak_rss_bytes(), ssh_connection=os.environ.get("SSH_CONNECTION"))
-    with open(sys.argv[2], "w") as f:
-        json.dump(result, f)
-
+    serve({"profile": profile, "outputs": outputs, "check": check}, "TensorRT {}".format(trt.__version__))
 
 if __name__ == "__main__":
     main()
